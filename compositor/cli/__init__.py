@@ -1,0 +1,74 @@
+"""The ``compositor`` command line: one subcommand per module in this package.
+
+Each subcommand module has a docstring (its ``--help`` text, with a runnable example) and a
+``register(subparsers)`` function that adds its parser and sets ``handler``. ``main`` only parses
+and dispatches; the work lives in library functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Subcommand modules, in the order ``compositor --help`` lists them.
+COMMANDS = ("composite", "info", "export", "repository", "serve", "bench")
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as ``error: ...`` with exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compositor",
+        description="Realistic portrait compositing: matting -> blending -> harmonization, "
+        "eager PyTorch, ONNX Runtime, TensorRT and Triton.",
+        epilog="Run 'compositor COMMAND --help' for each command's options and an example.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            continue  # subcommand not built yet
+        module.register(subparsers)
+    return parser
+
+
+def subcommand_parser(subparsers, module_name: str, module_doc: str) -> argparse.ArgumentParser:
+    """Add a subparser whose help is the module docstring (first line = summary)."""
+    summary = module_doc.strip().splitlines()[0]
+    return subparsers.add_parser(
+        module_name.rsplit(".", 1)[-1],
+        help=summary,
+        description=module_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``compositor`` console script. Returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (CommandError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
