@@ -1,0 +1,1 @@
+"""Benchmarks: eager vs ONNX Runtime vs Triton, with percentiles."""

@@ -1,0 +1,31 @@
+"""Print each network's parameters and FLOPs per image at the network resolution.
+
+Example:
+  compositor info
+  compositor info --resolution 256x384 --modnet-checkpoint modnet_photographic_portrait_matting.ckpt
+"""
+
+from __future__ import annotations
+
+from compositor.cli import subcommand_parser
+from compositor.cli.options import add_network_options, networks_from_args
+from compositor.export.wrappers import contract_models
+from compositor.networks.complexity import complexity_table
+from compositor.spec import format_resolution
+
+
+def register(subparsers) -> None:
+    parser = subcommand_parser(subparsers, __name__, __doc__)
+    add_network_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    models = contract_models(networks_from_args(args))
+    rows = complexity_table(models, args.resolution)
+    print(f"network resolution {format_resolution(args.resolution)}, per image")
+    print(f"{'network':<15}{'parameters':>14}{'GFLOPs':>10}")
+    for row in rows:
+        print(f"{row['network']:<15}{row['parameters']:>14,}{row['gflops']:>10.2f}")
+    print(f"{'total':<15}{sum(r['parameters'] for r in rows):>14,}{sum(r['gflops'] for r in rows):>10.2f}")
+    return 0

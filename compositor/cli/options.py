@@ -1,0 +1,39 @@
+"""Command-line options shared by several subcommands (weights and network resolution)."""
+
+from __future__ import annotations
+
+import argparse
+
+from compositor.networks.factory import Networks, load_networks
+from compositor.spec import DEFAULT_RESOLUTION, format_resolution, parse_resolution
+
+
+def resolution_argument(text: str) -> tuple[int, int]:
+    try:
+        return parse_resolution(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_resolution_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resolution",
+        type=resolution_argument,
+        default=DEFAULT_RESOLUTION,
+        metavar="N|HxW",
+        help=f"network resolution, multiples of 32 (default {format_resolution(DEFAULT_RESOLUTION)})",
+    )
+
+
+def add_network_options(parser: argparse.ArgumentParser, resolution: bool = True) -> None:
+    """``--modnet-checkpoint``, ``--blending-checkpoint``, ``--harmonization-checkpoint`` (+ ``--resolution``)."""
+    group = parser.add_argument_group("weights (default: untrained seeded initialisation, with a warning)")
+    group.add_argument("--modnet-checkpoint", metavar="P", help="official-format MODNet .ckpt")
+    group.add_argument("--blending-checkpoint", metavar="P", help="BlendingUNet .safetensors")
+    group.add_argument("--harmonization-checkpoint", metavar="P", help="HarmonizationUNet .safetensors")
+    if resolution:
+        add_resolution_option(parser)
+
+
+def networks_from_args(args: argparse.Namespace) -> Networks:
+    return load_networks(args.modnet_checkpoint, args.blending_checkpoint, args.harmonization_checkpoint)

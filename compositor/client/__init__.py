@@ -1,0 +1,1 @@
+"""Client library for the Triton ensembles (gRPC and HTTP)."""

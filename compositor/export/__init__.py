@@ -1,0 +1,1 @@
+"""Export: torch -> ONNX FP32 -> FP16 ONNX -> TensorRT engines, each step checked."""

@@ -1,0 +1,1 @@
+"""The three networks as pure ``nn.Module``s, plus their weight I/O."""

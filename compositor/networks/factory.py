@@ -1,0 +1,86 @@
+"""Build the three networks from checkpoints, or from a seeded initialisation when none is given.
+
+Every entry point (local pipeline, export, benchmarks) goes through ``load_networks`` so that the
+eager pipeline and the exported models always run the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compositor.networks.blending import BlendingUNet
+from compositor.networks.harmonization import HarmonizationUNet
+from compositor.networks.modnet import MODNet
+from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
+from compositor.networks.weights import load_network
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED = 0
+
+
+@dataclass
+class Networks:
+    """The three networks in eval mode, and which of them carry untrained (seeded) weights."""
+
+    matting: MODNet
+    blending: BlendingUNet
+    harmonization: HarmonizationUNet
+    untrained: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, nn.Module]:
+        return {"matting": self.matting, "blending": self.blending, "harmonization": self.harmonization}
+
+
+def _seeded(cls: type[nn.Module], seed: int) -> nn.Module:
+    # A private generator state keeps the caller's global RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls().eval()
+
+
+def load_networks(
+    modnet_checkpoint: str | Path | None = None,
+    blending_checkpoint: str | Path | None = None,
+    harmonization_checkpoint: str | Path | None = None,
+    seed: int = DEFAULT_SEED,
+) -> Networks:
+    """Load the matting, blending and harmonization networks.
+
+    Args:
+        modnet_checkpoint: an official-format MODNet checkpoint (``.ckpt``).
+        blending_checkpoint: a ``BlendingUNet`` safetensors file.
+        harmonization_checkpoint: a ``HarmonizationUNet`` safetensors file.
+        seed: seed of the initialisation used for every network without a checkpoint.
+
+    Returns:
+        ``Networks`` in eval mode; ``untrained`` names those initialised from the seed, and a
+        warning saying so goes to stderr (through logging).
+    """
+    untrained = []
+    if modnet_checkpoint is not None:
+        matting = load_modnet_checkpoint(modnet_checkpoint)
+    else:
+        matting, _ = _seeded(MODNet, seed), untrained.append("matting")
+    if blending_checkpoint is not None:
+        blending = load_network(blending_checkpoint, expected=BlendingUNet)
+    else:
+        blending, _ = _seeded(BlendingUNet, seed + 1), untrained.append("blending")
+    if harmonization_checkpoint is not None:
+        harmonization = load_network(harmonization_checkpoint, expected=HarmonizationUNet)
+    else:
+        harmonization, _ = _seeded(HarmonizationUNet, seed + 2), untrained.append("harmonization")
+    if untrained:
+        log.warning(
+            "UNTRAINED weights (seeded initialisation, seed %d) for: %s. Outputs show the plumbing, "
+            "not the quality: pass --modnet-checkpoint / --blending-checkpoint / "
+            "--harmonization-checkpoint for real results.",
+            seed,
+            ", ".join(untrained),
+        )
+    return Networks(matting, blending, harmonization, untrained)

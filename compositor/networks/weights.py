@@ -1,0 +1,90 @@
+"""Weight files of our own networks: safetensors with architecture and provenance metadata.
+
+safetensors holds tensors only, so loading never unpickles code from a file we did not write.
+The header's metadata carries the architecture name, its hyperparameters and how the weights were
+made, so a weights file is self-describing (MODNet keeps the official checkpoint format instead:
+see ``modnet_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from compositor.networks.blending import BlendingUNet
+from compositor.networks.harmonization import HarmonizationUNet
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (BlendingUNet, HarmonizationUNet)}
+FORMAT = "compositor-weights/1"
+
+
+def save_network(model: nn.Module, path: str | Path, provenance: dict | None = None) -> Path:
+    """Write ``model``'s weights, architecture and provenance to a safetensors file (atomically).
+
+    Args:
+        model: a ``BlendingUNet`` or ``HarmonizationUNet``.
+        path: destination, conventionally ``*.safetensors``.
+        provenance: how the weights were made (data, steps, seed, commit); stored verbatim as JSON.
+    """
+    architecture = type(model).__name__
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"cannot save {architecture}: known architectures are {sorted(ARCHITECTURES)}")
+    path = Path(path)
+    metadata = {
+        "format": FORMAT,
+        "architecture": architecture,
+        "hyperparameters": json.dumps(model.hyperparameters),
+        "provenance": json.dumps(provenance or {}),
+    }
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    partial.replace(path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata of a weights file, with ``hyperparameters`` and ``provenance`` decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a safetensors weights file ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a compositor weights file (metadata format {metadata.get('format')!r})")
+    metadata["hyperparameters"] = json.loads(metadata["hyperparameters"])
+    metadata["provenance"] = json.loads(metadata.get("provenance", "{}"))
+    return metadata
+
+
+def load_network(path: str | Path, expected: type[nn.Module] | None = None) -> nn.Module:
+    """Rebuild a network from a weights file, in eval mode.
+
+    Args:
+        path: a file written by ``save_network``.
+        expected: if given, the architecture the caller needs; another one is a ValueError.
+    """
+    metadata = read_metadata(path)
+    architecture = metadata["architecture"]
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{path}: unknown architecture {architecture!r}")
+    cls = ARCHITECTURES[architecture]
+    if expected is not None and cls is not expected:
+        raise ValueError(f"{path} holds a {architecture}, but a {expected.__name__} is needed here")
+    model = cls(**metadata["hyperparameters"])
+    with safe_open(str(path), framework="pt") as handle:
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    model.load_state_dict(state, strict=True)
+    log.info("loaded %s from %s (provenance: %s)", architecture, path, metadata["provenance"] or "none recorded")
+    return model.eval()
