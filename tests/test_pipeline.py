@@ -1,0 +1,90 @@
+"""The eager reference pipeline and its shared numpy pre/post-processing, on real photos."""
+
+import numpy as np
+import pytest
+import skimage.data
+
+from compositor import imaging
+from compositor.networks.factory import load_networks
+from compositor.pipeline import EagerPipeline
+
+RESOLUTION = (64, 64)  # small network resolution: the plumbing is what is under test here
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return EagerPipeline(load_networks(), RESOLUTION)
+
+
+def _photo(name, size):
+    """A real photo from scikit-image, resized to ``size`` (height, width)."""
+    return imaging.resize(getattr(skimage.data, name)(), size)
+
+
+def test_odd_source_size_with_a_full_hd_background_gives_outputs_on_the_source_canvas(pipeline):
+    source, background = _photo("astronaut", (333, 517)), _photo("coffee", (1080, 1920))
+    result = pipeline(source, background)
+    assert result.alpha.shape == (333, 517, 1)
+    assert result.blended.shape == result.harmonized.shape == (333, 517, 3)
+    assert result.alpha.dtype == result.blended.dtype == result.harmonized.dtype == np.uint8
+
+
+def test_untrained_nets_give_linear_blending_at_full_resolution(pipeline):
+    # Residual upsampling: zero residuals at network resolution must leave the full-resolution
+    # linear composite, with the source's full detail (not a blurry 64x64 upsample).
+    source, background = _photo("astronaut", (200, 300)), _photo("coffee", (400, 600))
+    result = pipeline(source, background)
+    weight = result.alpha.astype(np.float64) / 255
+    expected = weight * source + (1 - weight) * imaging.cover_resize(background[None], (200, 300))[0]
+    assert np.abs(result.blended.astype(np.float64) - expected).max() <= 1.0
+    assert np.array_equal(result.harmonized, result.blended)
+
+
+def test_batch_of_three_equals_three_single_calls(pipeline):
+    names = ["astronaut", "chelsea", "rocket"]
+    sources = np.stack([_photo(n, (120, 160)) for n in names])
+    backgrounds = np.stack([_photo(n, (90, 90)) for n in ["coffee", "astronaut", "chelsea"]])
+    batched = pipeline(sources, backgrounds)
+    for i in range(3):
+        single = pipeline(sources[i], backgrounds[i])
+        for field in ("alpha", "blended", "harmonized"):
+            diff = np.abs(getattr(batched, field)[i].astype(int) - getattr(single, field))
+            assert diff.max() <= 1, field
+
+
+def test_a_supplied_alpha_replaces_modnet_and_is_returned_unchanged(pipeline):
+    source, background = _photo("astronaut", (96, 128)), _photo("coffee", (96, 128))
+    alpha = np.zeros((96, 128, 1), np.uint8)
+    alpha[20:80, 30:100] = 255
+    result = pipeline(source, background, alpha)
+    assert np.array_equal(result.alpha, alpha)
+    inside, outside = alpha[..., 0] == 255, alpha[..., 0] == 0
+    assert np.abs(result.blended[inside].astype(int) - source[inside]).max() <= 1
+    assert np.abs(result.blended[outside].astype(int) - background[outside]).max() <= 1
+
+
+def test_cover_resize_scales_to_cover_and_crops_the_centre():
+    # A 100x400 background onto a 100x100 canvas keeps the middle quarter at scale 1.
+    background = np.zeros((1, 100, 400, 3), np.uint8)
+    background[:, :, 150:250] = 200
+    covered = imaging.cover_resize(background, (100, 100))
+    assert covered.shape == (1, 100, 100, 3)
+    assert (covered == 200).all()
+    assert imaging.cover_box((1080, 1920), (333, 517))[1] == 0  # wider target: full height kept
+
+
+@pytest.mark.parametrize(
+    "source, background, alpha, message",
+    [
+        (np.zeros((1, 10, 10, 1), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), None, r"source: expected 3 channel\(s\), got 1 \(grayscale\)"),
+        (np.zeros((1, 10, 10, 4), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), None, r"source: expected 3 channel\(s\), got 4 \(RGBA\)"),
+        (np.zeros((1, 0, 10, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), None, "source: image is empty"),
+        (np.zeros((1, 10, 10, 3), np.float32), np.zeros((1, 5, 5, 3), np.uint8), None, "source: expected uint8 pixels"),
+        (np.zeros((1, 10, 10, 3), np.uint8), np.zeros((1, 5, 5, 4), np.uint8), None, "background: expected 3 channel"),
+        (np.zeros((1, 10, 10, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), np.zeros((1, 10, 12, 1), np.uint8), "alpha: size 10x12 .* does not match source 10x10"),
+        (np.zeros((1, 9000, 10, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), None, "exceeds the 8192-pixel side limit"),
+    ],
+)
+def test_bad_input_arrays_are_refused_with_the_problem_named(source, background, alpha, message):
+    with pytest.raises(imaging.ImageError, match=message):
+        imaging.preprocess(source, background, RESOLUTION, alpha)
