@@ -1,13 +1,16 @@
-"""The eager PyTorch reference pipeline: every other runtime is compared with this one.
+"""The reference pipelines: eager PyTorch, and the exported ONNX models on ONNX Runtime in-process.
 
-``preprocess`` -> matting -> blending -> harmonization -> ``postprocess``, with the very same
-numpy pre/post-processing (``compositor.imaging``) that the Triton Python models import, and the
-same contract wrappers (``compositor.export.wrappers``) that are exported to ONNX.
+``preprocess`` -> matting -> blending -> harmonization -> ``postprocess``. Both pipelines use the very
+same numpy pre/post-processing (``compositor.imaging``) that the Triton Python models import; the
+eager one runs the same contract wrappers (``compositor.export.wrappers``) that are exported to
+ONNX. Every runtime is compared with ``EagerPipeline``.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +18,8 @@ import torch
 from compositor import imaging
 from compositor.export.wrappers import contract_models
 from compositor.networks.factory import Networks
-from compositor.spec import DEFAULT_RESOLUTION
+from compositor.onnx_runtime import create_session
+from compositor.spec import DEFAULT_RESOLUTION, NETWORKS
 
 
 @dataclass
@@ -27,30 +31,21 @@ class CompositeResult:
     harmonized: np.ndarray
 
 
-class EagerPipeline:
-    """Runs the three networks in PyTorch eager mode between the shared pre/post-processing.
+class Pipeline(ABC):
+    """Shared pre/post-processing around a runtime's ``run_network(name, *inputs)``."""
 
-    Args:
-        networks: from ``compositor.networks.factory.load_networks``.
-        resolution: network (height, width), multiples of 32.
-    """
+    resolution: tuple[int, int]
 
-    def __init__(self, networks: Networks, resolution: tuple[int, int] = DEFAULT_RESOLUTION):
-        self.resolution = tuple(resolution)
-        self.models = contract_models(networks)
+    @abstractmethod
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
+        """Run network ``name`` on float32 NCHW inputs in spec order; returns its one output."""
 
-    @torch.inference_mode()
     def run_networks(self, prepared: imaging.Prepared) -> dict[str, np.ndarray]:
-        """Network-resolution stage: returns float32 NCHW ``alpha``, ``blended``, ``harmonized``."""
-        source = torch.from_numpy(prepared.source)
-        background = torch.from_numpy(prepared.background)
-        if prepared.alpha is None:
-            alpha = self.models["matting"](source)
-        else:
-            alpha = torch.from_numpy(prepared.alpha)
-        blended = self.models["blending"](source, alpha, background)
-        harmonized = self.models["harmonization"](blended, alpha, background)
-        return {"alpha": alpha.numpy(), "blended": blended.numpy(), "harmonized": harmonized.numpy()}
+        """Network-resolution stage: float32 NCHW ``alpha``, ``blended``, ``harmonized``."""
+        alpha = prepared.alpha if prepared.alpha is not None else self.run_network("matting", prepared.source)
+        blended = self.run_network("blending", prepared.source, alpha, prepared.background)
+        harmonized = self.run_network("harmonization", blended, alpha, prepared.background)
+        return {"alpha": alpha, "blended": blended, "harmonized": harmonized}
 
     def __call__(self, source: np.ndarray, background: np.ndarray, alpha: np.ndarray | None = None) -> CompositeResult:
         """Composite ``source`` onto ``background``.
@@ -65,7 +60,8 @@ class EagerPipeline:
         """
         single = isinstance(source, np.ndarray) and source.ndim == 3
         if single:
-            source, background = source[None], background[None] if background.ndim == 3 else background
+            source = source[None]
+            background = background[None] if isinstance(background, np.ndarray) and background.ndim == 3 else background
             alpha = alpha[None] if alpha is not None and alpha.ndim == 3 else alpha
         prepared = imaging.preprocess(source, background, self.resolution, alpha)
         outputs = self.run_networks(prepared)
@@ -83,3 +79,51 @@ class EagerPipeline:
         if single:
             result = CompositeResult(result.alpha[0], result.blended[0], result.harmonized[0])
         return result
+
+
+class EagerPipeline(Pipeline):
+    """The three networks in PyTorch eager mode (FP32, CPU).
+
+    Args:
+        networks: from ``compositor.networks.factory.load_networks``.
+        resolution: network (height, width), multiples of 32.
+    """
+
+    def __init__(self, networks: Networks, resolution: tuple[int, int] = DEFAULT_RESOLUTION):
+        self.resolution = tuple(resolution)
+        self.models = contract_models(networks)
+
+    @torch.inference_mode()
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
+        return self.models[name](*(torch.from_numpy(x) for x in inputs)).numpy()
+
+
+class OnnxRuntimePipeline(Pipeline):
+    """The exported ONNX models on ONNX Runtime, in-process.
+
+    Args:
+        onnx_dir: a ``compositor export`` output folder (``matting.onnx`` ...).
+        resolution: the network resolution the models were exported at.
+        precision: ``"fp32"`` (``<name>.onnx``) or ``"fp16"`` (``<name>.fp16.onnx``).
+        intra_op_threads: ONNX Runtime threads per session (0: ONNX Runtime's default).
+    """
+
+    def __init__(
+        self,
+        onnx_dir: str | Path,
+        resolution: tuple[int, int] = DEFAULT_RESOLUTION,
+        precision: str = "fp32",
+        intra_op_threads: int = 0,
+    ):
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        suffix = ".onnx" if precision == "fp32" else ".fp16.onnx"
+        self.resolution = tuple(resolution)
+        self.sessions = {
+            name: create_session(Path(onnx_dir) / f"{name}{suffix}", intra_op_threads) for name in NETWORKS
+        }
+
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
+        spec = NETWORKS[name]
+        feeds = dict(zip(spec.input_names(), inputs))
+        return self.sessions[name].run(spec.output_names(), feeds)[0]

@@ -1,0 +1,35 @@
+"""ONNX Runtime sessions configured one way for every in-process user (pipeline, Triton models, bench)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+
+def create_session(path: str | Path, intra_op_threads: int = 0) -> ort.InferenceSession:
+    """A CPU ``InferenceSession`` with full graph optimisation.
+
+    Args:
+        path: the ONNX file.
+        intra_op_threads: threads for one operator (0: ONNX Runtime's default, one per core). When
+            several sessions run concurrently (Triton instances, benchmark concurrency), fewer
+            threads each avoid oversubscribing the cores.
+
+    Raises:
+        FileNotFoundError: the file is missing (with a hint to run ``compositor export``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX model (run `compositor export --out {path.parent}` first)")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    # One request's operators run in order; parallelism comes from threads inside each operator.
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    log.debug("loaded %s (%d intra-op threads)", path, intra_op_threads)
+    return session
