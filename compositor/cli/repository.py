@@ -1,0 +1,88 @@
+"""Generate the Triton model repository (configs, Python models, network files) from the tensor spec.
+
+Writes preprocess, matting, blending, harmonization, postprocess and the ensembles composite and
+composite_with_alpha into --out. Every config.pbtxt is built as data and validated through
+Triton's model_config_pb2 schema before it is written. Flavours: python (ONNX Runtime inside
+Python-backend models; what 'compositor serve' runs here), onnxruntime (onnxruntime_onnx, CPU, or
+GPU with --trt-accelerator) and tensorrt (tensorrt_plan FP16 engines, GPU). The network files come
+from the export directory (--onnx DIR: DIR/<name>.onnx, or DIR/<name>.plan for tensorrt).
+
+Example:
+  compositor export --out artifacts/export
+  compositor repository --onnx artifacts/export --out model_repository --flavor python
+  compositor repository --onnx artifacts/export --out /tmp/trt_repo --flavor tensorrt --instances 2
+  compositor repository --out model_repository --configs-only      # what is committed
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from compositor.cli import subcommand_parser
+from compositor.cli.options import add_resolution_option
+from compositor.serving.configs import (
+    DEFAULT_INTRA_OP_THREADS,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    FLAVORS,
+    RepositoryOptions,
+)
+from compositor.serving.repository import generate_repository
+from compositor.spec import DEFAULT_MAX_BATCH, format_resolution
+
+log = logging.getLogger(__name__)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    parser = subcommand_parser(subparsers, __name__, __doc__)
+    parser.add_argument("--onnx", type=Path, metavar="DIR", help="export directory with <name>.onnx / <name>.plan")
+    parser.add_argument("--out", type=Path, default=Path("model_repository"), help="repository directory (default model_repository)")
+    parser.add_argument("--flavor", choices=FLAVORS, default="python", help="how the networks run (default python)")
+    parser.add_argument("--instances", type=_positive, default=1, metavar="N", help="instances per model (default 1)")
+    parser.add_argument("--max-batch", type=_positive, default=DEFAULT_MAX_BATCH, metavar="B",
+                        help=f"max_batch_size of every model (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--max-queue-delay-us", type=_non_negative, default=DEFAULT_MAX_QUEUE_DELAY_US, metavar="U",
+                        help=f"dynamic-batcher queue delay of the networks (default {DEFAULT_MAX_QUEUE_DELAY_US})")
+    parser.add_argument("--intra-op-threads", type=_non_negative, default=DEFAULT_INTRA_OP_THREADS, metavar="T",
+                        help=f"ONNX Runtime intra-op threads per network instance on CPU, 0 = all cores (default {DEFAULT_INTRA_OP_THREADS})")
+    parser.add_argument("--trt-accelerator", action="store_true",
+                        help="onnxruntime flavour: run on GPU with the TensorRT execution accelerator in FP16")
+    parser.add_argument("--configs-only", action="store_true",
+                        help="write configs and Python models even when network files are missing")
+    add_resolution_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    options = RepositoryOptions(
+        flavor=args.flavor,
+        resolution=args.resolution,
+        max_batch=args.max_batch,
+        instances=args.instances,
+        max_queue_delay_us=args.max_queue_delay_us,
+        intra_op_threads=args.intra_op_threads,
+        trt_accelerator=args.trt_accelerator,
+    )
+    result = generate_repository(args.out, options, export_dir=args.onnx, configs_only=args.configs_only)
+    print(f"{result.root}: {', '.join(result.models)} ({options.flavor} flavour, "
+          f"network resolution {format_resolution(options.resolution)}, max batch {options.max_batch})")
+    if result.model_files_missing:
+        print("model files still missing (the server cannot load these models until they exist):")
+        for path in result.model_files_missing:
+            print(f"  {path}")
+    return 0

@@ -1,0 +1,275 @@
+"""Triton model configurations, built as data from the tensor spec and validated by Triton's schema.
+
+Every ``config.pbtxt`` starts as a plain dict (field names as in Triton's ``model_config.proto``),
+goes through ``json_format.ParseDict`` into ``model_config_pb2.ModelConfig`` (so an unknown field,
+a wrong enum or a wrongly typed value fails here, at generation time, not when Triton loads it)
+and is written with ``text_format``. Nothing in a config is typed by hand: names, data types and
+shapes come from ``compositor.spec`` (networks and ensembles) and ``compositor.serving.stages``
+(pre/post-processing).
+
+Flavours (how the three networks run; pre/post-processing are Python models in every flavour):
+
+* ``python``: Python-backend models running ONNX Runtime on the FP32 ONNX; the embedded default,
+  served by the CPU Triton in the ``nvidia-pytriton`` wheel (which has only the Python backend).
+* ``onnxruntime``: Triton's ``onnxruntime_onnx`` platform on the FP32 ONNX; on CPU by default, or
+  on GPU with the TensorRT execution accelerator in FP16 (``trt_accelerator``).
+* ``tensorrt``: ``tensorrt_plan`` FP16 engines (strongly typed, FP32 I/O) on GPU; production.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import np_to_triton_dtype
+
+from compositor.serving.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
+from compositor.spec import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_RESOLUTION,
+    ENSEMBLES,
+    NETWORKS,
+    ModelSpec,
+    TensorSpec,
+    format_resolution,
+    parse_resolution,
+)
+
+FLAVORS = ("python", "onnxruntime", "tensorrt")
+
+DEFAULT_MAX_QUEUE_DELAY_US = 1000
+"""How long the dynamic batcher may hold a request to grow a batch. 1 ms is small next to one
+network execution (tens of ms on CPU, a few ms on GPU) yet lets concurrent requests meet."""
+
+DEFAULT_INTRA_OP_THREADS = 2
+"""ONNX Runtime intra-op threads per network instance (``intra_op_thread_count``). The default
+suits the 2-core development machine; set it to the cores available per instance elsewhere."""
+
+RESOLUTION_PARAMETER = "resolution"
+"""``preprocess`` config parameter holding the network resolution (``"512x512"``)."""
+
+INTRA_OP_THREADS_PARAMETER = "intra_op_thread_count"
+"""Same key as Triton's ONNX Runtime backend uses, so both flavours are tuned the same way."""
+
+VERSION = "1"
+"""The one model version the generator writes (``<model>/1/``)."""
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """What varies between generated repositories.
+
+    Attributes:
+        flavor: ``python``, ``onnxruntime`` or ``tensorrt`` (see the module docstring).
+        resolution: network (height, width), fixed per repository; must match the exported models.
+        max_batch: ``max_batch_size`` of every model (the ensembles accept batches up to it too).
+        instances: instances of every model (``instance_group.count``).
+        max_queue_delay_us: dynamic-batcher queue delay of the network models, microseconds.
+        intra_op_threads: ONNX Runtime intra-op threads per instance (CPU flavours).
+        trt_accelerator: ``onnxruntime`` only: run on GPU with TensorRT in FP16.
+    """
+
+    flavor: str = "python"
+    resolution: tuple[int, int] = DEFAULT_RESOLUTION
+    max_batch: int = DEFAULT_MAX_BATCH
+    instances: int = 1
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+    intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
+    trt_accelerator: bool = False
+
+    def __post_init__(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, not {self.flavor!r}")
+        object.__setattr__(self, "resolution", parse_resolution(self.resolution))
+        for name in ("max_batch", "instances"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0 (0: ONNX Runtime decides), got {self.intra_op_threads}")
+        if self.trt_accelerator and self.flavor != "onnxruntime":
+            raise ValueError(
+                f"the TensorRT accelerator is an option of the onnxruntime flavour, not {self.flavor!r} "
+                "(the tensorrt flavour runs TensorRT engines directly)"
+            )
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the network models run on GPU instances."""
+        return self.flavor == "tensorrt" or self.trt_accelerator
+
+
+# --- Building blocks ----------------------------------------------------------------------------
+
+
+def triton_dtype(dtype: str) -> str:
+    """numpy dtype name -> config ``data_type`` (``"float32"`` -> ``"TYPE_FP32"``)."""
+    return f"TYPE_{np_to_triton_dtype(np.dtype(dtype))}"
+
+
+def tensor_config(tensor: TensorSpec, resolution: tuple[int, int], optional: bool = False) -> dict:
+    """One ``input``/``output`` entry; dims exclude the batch dimension (``max_batch_size`` > 0)."""
+    entry = {
+        "name": tensor.name,
+        "data_type": triton_dtype(tensor.dtype),
+        "dims": list(tensor.resolved_shape(resolution)),
+    }
+    if optional:
+        entry["optional"] = True
+    return entry
+
+
+def _signature(model: ModelSpec, resolution: tuple[int, int]) -> dict:
+    optional = OPTIONAL_INPUTS.get(model.name, frozenset())
+    return {
+        "input": [tensor_config(t, resolution, optional=t.name in optional) for t in model.inputs],
+        "output": [tensor_config(t, resolution) for t in model.outputs],
+    }
+
+
+def _parameters(values: dict[str, str]) -> dict:
+    return {key: {"string_value": value} for key, value in values.items()}
+
+
+def _instances(options: RepositoryOptions, gpu: bool) -> list[dict]:
+    return [{"count": options.instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}]
+
+
+# --- The models ---------------------------------------------------------------------------------
+
+
+def network_config(model: ModelSpec, options: RepositoryOptions) -> dict:
+    """Config of one network (``matting``, ``blending``, ``harmonization``) in the chosen flavour.
+
+    Networks take fixed-size tensors at the network resolution, so Triton's dynamic batcher can
+    merge requests of any original frame size into one execution.
+    """
+    config = {"name": model.name}
+    if options.flavor == "python":
+        config["backend"] = "python"
+    elif options.flavor == "onnxruntime":
+        config["platform"] = "onnxruntime_onnx"
+    else:
+        config["platform"] = "tensorrt_plan"
+    config["max_batch_size"] = options.max_batch
+    config.update(_signature(model, options.resolution))
+    config["instance_group"] = _instances(options, gpu=options.on_gpu)
+    config["dynamic_batching"] = {"max_queue_delay_microseconds": options.max_queue_delay_us}
+    if options.trt_accelerator:
+        config["optimization"] = {
+            "execution_accelerators": {
+                "gpu_execution_accelerator": [
+                    {"name": "tensorrt", "parameters": {"precision_mode": "FP16"}},
+                ]
+            }
+        }
+    elif options.flavor in ("python", "onnxruntime"):
+        config["parameters"] = _parameters({INTRA_OP_THREADS_PARAMETER: str(options.intra_op_threads)})
+    return config
+
+
+def preprocess_config(options: RepositoryOptions) -> dict:
+    """Config of the ``preprocess`` Python model; records the network resolution as a parameter.
+
+    No dynamic batching: each request has its own frame size, so requests cannot be stacked
+    before they are resized; Triton's default scheduler hands the model one request at a time.
+    """
+    config = {"name": PREPROCESS.name, "backend": "python", "max_batch_size": options.max_batch}
+    config.update(_signature(PREPROCESS, options.resolution))
+    config["instance_group"] = _instances(options, gpu=False)
+    config["parameters"] = _parameters({RESOLUTION_PARAMETER: format_resolution(options.resolution)})
+    return config
+
+
+def postprocess_config(options: RepositoryOptions) -> dict:
+    """Config of the ``postprocess`` Python model (not batched across requests, as ``preprocess``)."""
+    config = {"name": POSTPROCESS.name, "backend": "python", "max_batch_size": options.max_batch}
+    config.update(_signature(POSTPROCESS, options.resolution))
+    config["instance_group"] = _instances(options, gpu=False)
+    return config
+
+
+def _step(model: str, input_map: dict[str, str], output_map: dict[str, str]) -> dict:
+    # model_version -1: the latest version, the only one the generator writes.
+    return {"model_name": model, "model_version": -1, "input_map": input_map, "output_map": output_map}
+
+
+def _same_names(names) -> dict[str, str]:
+    return {name: name for name in names}
+
+
+def ensemble_steps(with_alpha: bool) -> list[dict]:
+    """The ensemble's steps. Ensemble tensors are named after the stage tensors they carry.
+
+    ``composite``: preprocess -> matting -> blending -> harmonization -> postprocess.
+    ``composite_with_alpha``: the client's ``alpha`` goes to preprocess (which then returns
+    ``network_alpha``) and to postprocess (which uses it at full resolution); no matting.
+    """
+    client_inputs = ["source", "background"] + (["alpha"] if with_alpha else [])
+    prepared = ["network_source", "network_background", "background_full"] + (["network_alpha"] if with_alpha else [])
+    steps = [_step(PREPROCESS.name, _same_names(client_inputs), _same_names(prepared))]
+    if not with_alpha:
+        steps.append(_step("matting", {"image": "network_source"}, {"alpha": "network_alpha"}))
+    steps.append(
+        _step(
+            "blending",
+            {"source": "network_source", "alpha": "network_alpha", "background": "network_background"},
+            {"blended": "network_blended"},
+        )
+    )
+    steps.append(
+        _step(
+            "harmonization",
+            {"composite": "network_blended", "mask": "network_alpha", "background": "network_background"},
+            {"harmonized": "network_harmonized"},
+        )
+    )
+    post_inputs = [t.name for t in POSTPROCESS.inputs if with_alpha or t.name not in OPTIONAL_INPUTS[POSTPROCESS.name]]
+    # With the client's matte, postprocess's ``alpha`` output would only echo it: not an output.
+    post_outputs = ENSEMBLES["composite_with_alpha" if with_alpha else "composite"].output_names()
+    steps.append(_step(POSTPROCESS.name, _same_names(post_inputs), _same_names(post_outputs)))
+    return steps
+
+
+def ensemble_config(ensemble: ModelSpec, options: RepositoryOptions) -> dict:
+    """Config of an ensemble (``composite`` or ``composite_with_alpha``): uint8 NHWC frames of any size."""
+    config = {"name": ensemble.name, "platform": "ensemble", "max_batch_size": options.max_batch}
+    config.update(_signature(ensemble, options.resolution))
+    config["ensemble_scheduling"] = {"step": ensemble_steps(with_alpha="alpha" in ensemble.input_names())}
+    return config
+
+
+def repository_configs(options: RepositoryOptions) -> dict[str, dict]:
+    """Every model's config, by model name, in pipeline order."""
+    configs = {PREPROCESS.name: preprocess_config(options)}
+    configs.update({name: network_config(model, options) for name, model in NETWORKS.items()})
+    configs[POSTPROCESS.name] = postprocess_config(options)
+    configs.update({name: ensemble_config(model, options) for name, model in ENSEMBLES.items()})
+    return configs
+
+
+# --- Validation and serialisation ---------------------------------------------------------------
+
+
+class ConfigSchemaError(ValueError):
+    """A config dict does not fit Triton's ``ModelConfig`` schema."""
+
+
+def to_model_config(config: dict) -> model_config_pb2.ModelConfig:
+    """Parse a config dict into Triton's ``ModelConfig`` message.
+
+    Raises:
+        ConfigSchemaError: unknown field, wrong type or enum value (the message names the model).
+    """
+    try:
+        return json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    except json_format.ParseError as error:
+        raise ConfigSchemaError(f"config of model {config.get('name', '?')!r}: {error}") from None
+
+
+def to_pbtxt(config: dict) -> str:
+    """A config dict as ``config.pbtxt`` text, after validation through ``model_config_pb2``."""
+    return text_format.MessageToString(to_model_config(config))
