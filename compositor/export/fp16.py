@@ -1,0 +1,248 @@
+"""FP16 mixed precision: FP16 compute, FP32 I/O, normalisation statistics kept in FP32.
+
+Why not ``onnxconverter_common.float16.convert_float_to_float16``: with a ``node_block_list`` it
+still rounds the *weights* of blocked nodes to FP16 (it rewires their inputs to casts before it
+decides which initializers to keep) and with ``keep_io_types`` it rounds the FP32 inputs before a
+blocked first node sees them. A node "kept in FP32" must see exactly the FP32 values it would see
+in the FP32 graph, so this module has its own small pass with one rule per tensor:
+
+* every node computing floats runs in FP16, unless the precision policy keeps it in FP32;
+* an input slot of an FP16 node becomes FP16 when the operator schema types it like the output
+  (``T`` in ``Conv(X: T, W: T) -> T``); slots typed otherwise stay FP32 (Resize's ``scales`` is
+  ``tensor(float)`` by definition); BatchNormalization's parameters follow its input;
+* a tensor is cast at most once per precision and only where a consumer needs the other one;
+  FP32 initializers consumed in FP16 are stored converted (no runtime cast);
+* graph inputs and outputs stay FP32 (Triton, the client and TensorRT I/O bindings see FP32).
+
+The resulting graph is what TensorRT builds as a strongly typed network: every layer runs in the
+precision its tensors carry, nothing is left to the builder's discretion.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+FP16_MAX = float(np.finfo(np.float16).max)
+
+# Operators whose *statistics* (a mean and a variance over a whole feature map) stay in FP32: a sum
+# of squares over 128x128 values of magnitude ~25 already exceeds FP16's 65504, and a variance
+# computed in FP16 loses the small differences that normalisation divides by.
+STATISTICS_OPS = frozenset({"InstanceNormalization", "LayerNormalization", "GroupNormalization"})
+
+
+class PrecisionError(RuntimeError):
+    """The mixed-precision conversion cannot represent the model faithfully."""
+
+
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """Which nodes stay FP32 in the mixed-precision graph.
+
+    Attributes:
+        fp32_op_types: operator types always kept in FP32 (normalisation statistics).
+        fp32_scopes: module scopes (last attribute name, e.g. ``adain``) whose nodes are all kept in
+            FP32; the legacy ONNX exporter names nodes ``/<scope path>/<Op>_<n>`` and numbers
+            repeated calls of one module ``adain``, ``adain_1``, ...
+        reasons: why each scope or op type is kept, for the export report.
+    """
+
+    fp32_op_types: frozenset[str] = STATISTICS_OPS
+    fp32_scopes: tuple[str, ...] = ()
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def keeps_fp32(self, node: onnx.NodeProto) -> bool:
+        """True if ``node`` must run in FP32."""
+        if node.op_type in self.fp32_op_types:
+            return True
+        if not self.fp32_scopes:
+            return False
+        segments = node.name.split("/")[:-1]  # the last segment is the node's own name
+        return any(_SCOPE_CALL.sub("", segment) in self.fp32_scopes for segment in segments)
+
+    def describe(self) -> dict:
+        """JSON-ready summary for the export report."""
+        return {
+            "fp32_op_types": sorted(self.fp32_op_types),
+            "fp32_scopes": list(self.fp32_scopes),
+            "reasons": dict(self.reasons),
+        }
+
+
+# ``adain_3`` (fourth call of the module ``adain``) -> ``adain``.
+_SCOPE_CALL = re.compile(r"_\d+$")
+
+
+NAIVE_POLICY = PrecisionPolicy(fp32_op_types=frozenset(), fp32_scopes=(), reasons={})
+"""Everything in FP16 (the graph I/O excepted): what a plain conversion does. Tests use it to show
+what the kept-FP32 statistics protect against."""
+
+
+@dataclass
+class ConversionSummary:
+    """What the conversion did, for logs and the report."""
+
+    fp16_nodes: int = 0
+    fp32_nodes: int = 0
+    casts_inserted: int = 0
+    kept_fp32: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "fp16_nodes": self.fp16_nodes,
+            "fp32_nodes": self.fp32_nodes,
+            "casts_inserted": self.casts_inserted,
+        }
+
+
+def convert_to_mixed_precision(
+    model: onnx.ModelProto, policy: PrecisionPolicy
+) -> tuple[onnx.ModelProto, ConversionSummary]:
+    """Return an FP16 copy of an FP32 model with FP32 I/O and the policy's nodes in FP32.
+
+    Args:
+        model: an FP32 model (not modified).
+        policy: which nodes stay FP32.
+
+    Returns:
+        ``(model, summary)``; the model passes ``onnx.checker`` (full check) and strict shape
+        inference.
+
+    Raises:
+        PrecisionError: if a weight does not fit FP16's range, or the model is already FP16.
+    """
+    source = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    graph = source.graph
+    opset = next(o.version for o in source.opset_import if o.domain in ("", "ai.onnx"))
+
+    elem_type: dict[str, int] = {}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        elem_type[value.name] = value.type.tensor_type.elem_type
+    initializers = {init.name: init for init in graph.initializer}
+    for name, init in initializers.items():
+        elem_type[name] = init.data_type
+    if any(t == TensorProto.FLOAT16 for t in elem_type.values()):
+        raise PrecisionError("the model already holds FP16 tensors; convert the FP32 model")
+
+    # Precision each float tensor has in the new graph (before any cast).
+    home: dict[str, int] = {name: TensorProto.FLOAT for name, t in elem_type.items() if t == TensorProto.FLOAT}
+    new_nodes: list[onnx.NodeProto] = []
+    new_initializers: list[onnx.TensorProto] = []
+    converted: dict[tuple[str, int], str] = {}
+    summary = ConversionSummary()
+
+    def in_precision(name: str, precision: int) -> str:
+        """Name of tensor ``name`` in ``precision``, adding a cast or a converted weight once."""
+        if home[name] == precision:
+            return name
+        key = (name, precision)
+        if key not in converted:
+            suffix = "fp16" if precision == TensorProto.FLOAT16 else "fp32"
+            new_name = f"{name}_{suffix}"
+            if name in initializers:
+                new_initializers.append(_convert_initializer(initializers[name], new_name, precision))
+            else:
+                new_nodes.append(helper.make_node("Cast", [name], [new_name], name=f"{new_name}_cast", to=precision))
+                summary.casts_inserted += 1
+            converted[key] = new_name
+        return converted[key]
+
+    for original in graph.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
+        float_outputs = [o for o in node.output if elem_type.get(o) == TensorProto.FLOAT]
+        if not float_outputs:
+            # Shape, Gather on int64 shapes, ...: no float compute, accept inputs as they come.
+            new_nodes.append(node)
+            continue
+        precision = TensorProto.FLOAT if policy.keeps_fp32(node) else TensorProto.FLOAT16
+        if precision == TensorProto.FLOAT:
+            summary.fp32_nodes += 1
+            summary.kept_fp32.append(node.name)
+        else:
+            summary.fp16_nodes += 1
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+        compute_type = schema.outputs[0].type_str
+        for index, name in enumerate(node.input):
+            if not name or elem_type.get(name) != TensorProto.FLOAT:
+                continue
+            slot = schema.inputs[min(index, len(schema.inputs) - 1)]  # variadic inputs repeat the last
+            follows = slot.type_str == compute_type or node.op_type == "BatchNormalization"
+            node.input[index] = in_precision(name, precision if follows else TensorProto.FLOAT)
+        if node.op_type == "Cast":
+            for attribute in node.attribute:
+                if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                    attribute.i = precision
+        if node.op_type == "Constant" and precision == TensorProto.FLOAT16:
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.t.data_type == TensorProto.FLOAT:
+                    attribute.t.CopyFrom(_convert_initializer(attribute.t, attribute.t.name, precision))
+        for name in float_outputs:
+            home[name] = precision
+        new_nodes.append(node)
+
+    # FP32 graph outputs: an FP16 producer writes <name>_fp16, a final cast restores the name.
+    renamed = {}
+    for output in graph.output:
+        if home.get(output.name) == TensorProto.FLOAT16:
+            renamed[output.name] = f"{output.name}_fp16"
+    for node in new_nodes:
+        for index, name in enumerate(node.input):
+            node.input[index] = renamed.get(name, name)
+        for index, name in enumerate(node.output):
+            node.output[index] = renamed.get(name, name)
+    for name, internal in renamed.items():
+        new_nodes.append(helper.make_node("Cast", [internal], [name], name=f"{name}_cast_fp32", to=TensorProto.FLOAT))
+        summary.casts_inserted += 1
+
+    used = {name for node in new_nodes for name in node.input}
+    kept_initializers = [init for init in graph.initializer if init.name in used]
+    kept_initializers += [init for init in new_initializers if init.name in used]
+    result = helper.make_model(
+        helper.make_graph(
+            new_nodes, graph.name, list(graph.input), list(graph.output), kept_initializers
+        ),
+        opset_imports=list(source.opset_import),
+        producer_name=source.producer_name,
+        producer_version=source.producer_version,
+        ir_version=source.ir_version,
+    )
+    result = onnx.shape_inference.infer_shapes(result, strict_mode=True)
+    onnx.checker.check_model(result, full_check=True)
+    return result, summary
+
+
+def _convert_initializer(tensor: onnx.TensorProto, name: str, precision: int) -> onnx.TensorProto:
+    values = numpy_helper.to_array(tensor)
+    if precision == TensorProto.FLOAT16:
+        finite = values[np.isfinite(values)]
+        if finite.size and np.abs(finite).max() > FP16_MAX:
+            raise PrecisionError(
+                f"weight {tensor.name!r} holds {np.abs(finite).max():.4g}, beyond FP16's {FP16_MAX:g}; "
+                "keep its node in FP32"
+            )
+        return numpy_helper.from_array(values.astype(np.float16), name)
+    return numpy_helper.from_array(values.astype(np.float32), name)
+
+
+def statistics_scopes(module_names: Iterable[str]) -> tuple[str, ...]:
+    """Scope names (last attribute names) of the given qualified module names, deduplicated."""
+    return tuple(sorted({name.rsplit(".", 1)[-1] for name in module_names}))
+
+
+def save_mixed_precision(
+    source: str | Path, target: str | Path, policy: PrecisionPolicy, keep: Callable | None = None
+) -> ConversionSummary:
+    """Convert the FP32 model at ``source`` and save it to ``target`` (see ``convert_to_mixed_precision``)."""
+    model, summary = convert_to_mixed_precision(onnx.load(str(source)), policy)
+    onnx.save(model, str(target))
+    return summary
