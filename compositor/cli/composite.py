@@ -3,8 +3,14 @@
 Writes DIR/alpha.png, DIR/blended.png, DIR/harmonized.png at the source's size and
 DIR/comparison.png (source | background | linear paste | blended | harmonized).
 
+Exactly one of --local (eager PyTorch in this process) or --url (a Triton server running the
+compositor repository, e.g. started by 'compositor serve') says where the networks run.
+
 Example:
   compositor composite --local --source portrait.jpg --background beach.jpg --out out/
+  compositor composite --url localhost:8001 --source portrait.jpg --background beach.jpg --out out/
+  compositor composite --url localhost:8000 --protocol http --source portrait.jpg --background beach.jpg \\
+      --alpha matte.png --out out/
   compositor composite --local --source portrait.jpg --background beach.jpg --alpha matte.png \\
       --resolution 256x384 --modnet-checkpoint modnet_photographic_portrait_matting.ckpt --out out/
 """
@@ -18,6 +24,7 @@ from pathlib import Path
 from compositor import imaging
 from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
+from compositor.client.remote import DEFAULT_TIMEOUT_S, PROTOCOLS, ClientError, CompositorClient
 from compositor.figures import comparison_strip, linear_paste
 from compositor.pipeline import CompositeResult, EagerPipeline
 
@@ -30,27 +37,53 @@ def register(subparsers) -> None:
     parser.add_argument("--background", required=True, type=Path, help="new complete background (RGB, any size)")
     parser.add_argument("--alpha", type=Path, help="optional grayscale matte at the source's size (skips MODNet)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    parser.add_argument("--local", action="store_true", help="run the eager PyTorch pipeline in-process")
+    # Exactly one of the two; checked in run() so that a missing choice is a CommandError (exit 2
+    # with a hint) like every other usage error of this command.
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="run the eager PyTorch pipeline in-process")
+    where.add_argument("--url", metavar="HOST:PORT", help="Triton server (gRPC port 8001, or HTTP 8000 with --protocol http)")
+    remote = parser.add_argument_group("server (with --url)")
+    remote.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="gRPC (default) or HTTP")
+    remote.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                        help=f"request timeout in seconds (default {DEFAULT_TIMEOUT_S:g})")
     add_network_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    if not args.local:
-        raise CommandError("say where to run: --local runs the eager pipeline in-process")
+    if not (args.local or args.url):
+        raise CommandError("say where to run: --local runs the eager pipeline in-process, --url HOST:PORT calls a Triton server")
     # Read and validate every input before any work, so a bad file costs nothing and writes nothing.
     source = imaging.read_image(args.source)
     background = imaging.read_image(args.background)
     alpha = imaging.read_image(args.alpha, mode="L") if args.alpha else None
     imaging.check_inputs(source[None], background[None], None if alpha is None else alpha[None])
 
+    result = run_remote(args, source, background, alpha) if args.url else run_local(args, source, background, alpha)
+    for path in write_outputs(args.out, source, background, result):
+        print(path)
+    return 0
+
+
+def run_local(args, source, background, alpha) -> CompositeResult:
     pipeline = EagerPipeline(networks_from_args(args), args.resolution)
     started = time.perf_counter()
     result = pipeline(source, background, alpha)
     log.info("eager pipeline: %.0f ms for %dx%d", (time.perf_counter() - started) * 1e3, *source.shape[:2])
-    for path in write_outputs(args.out, source, background, result):
-        print(path)
-    return 0
+    return result
+
+
+def run_remote(args, source, background, alpha) -> CompositeResult:
+    try:
+        with CompositorClient(args.url, protocol=args.protocol, timeout_s=args.timeout_s) as client:
+            client.check_ready(client.model_with_alpha if alpha is not None else client.model)
+            started = time.perf_counter()
+            outputs = client.composite(source, background, alpha)
+            latency_ms = (time.perf_counter() - started) * 1e3
+    except ClientError as error:
+        raise CommandError(str(error)) from None
+    print(f"{args.protocol}://{args.url}: {latency_ms:.0f} ms end to end for {source.shape[0]}x{source.shape[1]}")
+    return CompositeResult(**outputs)
 
 
 def write_outputs(out_dir: Path, source, background, result: CompositeResult) -> list[Path]:
