@@ -22,13 +22,14 @@ import torch
 from compositor import imaging
 from compositor.cli import main
 from compositor.client.remote import ClientError, CompositorClient, ModelNotReadyError, RequestTimeoutError
+from compositor.export.onnx_export import export_fp32
 from compositor.export.wrappers import contract_models
 from compositor.networks.factory import load_networks
 from compositor.pipeline import EagerPipeline
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository
 from compositor.serving.server import TritonServer, free_port
-from compositor.spec import NETWORKS, ONNX_OPSET, dynamic_axes
+from compositor.spec import NETWORKS
 
 pytestmark = pytest.mark.triton
 
@@ -64,12 +65,7 @@ def eager(networks):
 def onnx_dir(networks, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
     for name, module in contract_models(networks).items():
-        spec = NETWORKS[name]
-        args = tuple(torch.rand(2, *t.resolved_shape(RESOLUTION)) for t in spec.inputs)
-        torch.onnx.export(
-            module, args, str(out / f"{name}.onnx"), input_names=spec.input_names(), output_names=spec.output_names(),
-            dynamic_axes=dynamic_axes(spec), opset_version=ONNX_OPSET, dynamo=False,
-        )
+        export_fp32(module, name, out / f"{name}.onnx", RESOLUTION)
     return out
 
 
