@@ -38,7 +38,7 @@ def test_an_unknown_protocol_or_timeout_is_refused():
         (np.zeros((32, 48, 4), np.uint8), BACKGROUND, None, r"source: expected 3 channel\(s\), got 4 \(RGBA\)"),
         (SOURCE.astype(np.float32), BACKGROUND, None, "source: expected uint8 pixels, got float32"),
         (SOURCE, BACKGROUND, np.zeros((16, 16, 1), np.uint8), "alpha: size 16x16"),
-        ([[0]], BACKGROUND, None, "expected a numpy array, got list"),
+        ([[0]], BACKGROUND, None, "source: expected a numpy array, got list"),
     ],
 )
 def test_bad_frames_fail_locally_before_anything_is_sent(source, background, alpha, message):

@@ -155,7 +155,7 @@ class CompositorClient:
         """
         single = np.ndim(source) == 3
         frames = {"source": source, "background": background, "alpha": alpha}
-        frames = {k: _batched(v) for k, v in frames.items() if v is not None}
+        frames = {name: _batched(value, name) for name, value in frames.items() if value is not None}
         if self.validate:
             imaging.check_inputs(frames["source"], frames["background"], frames.get("alpha"))
         model = self.model_with_alpha if alpha is not None else self.model
@@ -187,13 +187,14 @@ class CompositorClient:
             else:
                 result = self._client.infer(model, request_inputs, outputs=requested)
         except InferenceServerException as error:
-            reason = _reason(error)
-            if "deadline" in reason.lower() or "timed out" in reason.lower() or "timeout" in reason.lower():
-                raise RequestTimeoutError(f"{where}: no response within {self.timeout_s:g} s ({reason})") from None
-            if "unavailable" in reason.lower() or "connect" in reason.lower():
+            # gRPC reports transport failures as statuses; HTTP raises them as other exceptions.
+            status = str(error.status() or "")
+            if status == "StatusCode.DEADLINE_EXCEEDED":
+                raise RequestTimeoutError(f"{where}: no response within {self.timeout_s:g} s") from None
+            if status == "StatusCode.UNAVAILABLE":
                 self._ready.discard(model)
-                raise ServerUnreachableError(f"{where}: server unreachable: {reason}") from None
-            raise ClientError(f"{where} rejected the request: {reason}") from None
+                raise ServerUnreachableError(f"{where}: server unreachable: {_reason(error)}") from None
+            raise ClientError(f"{where} rejected the request: {_reason(error)}") from None
         except Exception as error:  # noqa: BLE001 - HTTP transport errors (gevent timeouts, sockets)
             self._ready.discard(model)
             if "timeout" in type(error).__name__.lower() or "timed out" in str(error).lower():
@@ -206,9 +207,9 @@ class CompositorClient:
         return outputs
 
 
-def _batched(frames) -> np.ndarray:
+def _batched(frames, name: str) -> np.ndarray:
     if not isinstance(frames, np.ndarray):
-        raise imaging.ImageError(f"expected a numpy array, got {type(frames).__name__}")
+        raise imaging.ImageError(f"{name}: expected a numpy array, got {type(frames).__name__}")
     return frames[None] if frames.ndim == 3 else frames
 
 
