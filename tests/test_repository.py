@@ -26,7 +26,7 @@ from compositor.serving.configs import (
 )
 from compositor.serving.repository import MissingModelFilesError, generate_repository
 from compositor.serving.stages import OPTIONAL_INPUTS, STAGES
-from compositor.spec import ENSEMBLES, NETWORKS, ModelSpec
+from compositor.spec import ENSEMBLES, NETWORKS, ModelSpec, tensorrt_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -277,3 +277,17 @@ def test_repository_command_fails_clearly_without_model_files(tmp_path, capsys):
     assert main(["repository", "--out", str(tmp_path / "repo"), "--flavor", "tensorrt"]) == 2
     assert "--configs-only" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("max_batch", [1, 8, 16])
+def test_tensorrt_configs_accept_exactly_what_the_spec_engine_profiles_accept(max_batch):
+    readiness = pytest.importorskip("compositor.export.readiness", reason="the export chain's readiness checks are not installed")
+    options = RepositoryOptions(flavor="tensorrt", max_batch=max_batch, resolution=(256, 384))
+    configs = repository_configs(options)
+    for name, model in NETWORKS.items():
+        config = to_model_config(configs[name])
+        readiness.check_profile_against_triton(
+            tensorrt_profiles(model, options.resolution, max_batch),
+            {i.name: list(i.dims) for i in config.input},
+            config.max_batch_size,
+        )
