@@ -1,0 +1,102 @@
+"""Benchmark results as people read them: a markdown table, a plot, the ratios that decide adoption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+
+from compositor.bench.workloads import CHAIN  # noqa: E402
+
+
+def write_json(report: dict, path: Path) -> Path:
+    """Write atomically (temporary file, then rename)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(path)
+    return path
+
+
+def chain_rows(report: dict) -> list[dict]:
+    return [r for r in report["results"] if r["workload"] == CHAIN]
+
+
+def _best(rows: list[dict], mode: str, key: str, pick=max, concurrency: int | None = None):
+    values = [r[key] for r in rows if r["mode"] == mode and (concurrency is None or r["concurrency"] == concurrency)]
+    return pick(values) if values else None
+
+
+def ratios(report: dict) -> dict:
+    """The adoption targets (full chain, batch 1, one run) as ratios; None where a mode was not run."""
+    rows = [r for r in chain_rows(report) if r["batch"] == 1]
+    eager = _best(rows, "eager", "perf_throughput", concurrency=1)
+    ort = _best(rows, "onnxruntime", "perf_throughput", concurrency=1)
+    ort_latency = _best(rows, "onnxruntime", "perf_latency_p50", min, concurrency=1)
+    triton_latency = _best(rows, "triton", "perf_latency_p50", min, concurrency=1)
+    triton_best = _best(rows, "triton", "perf_throughput")
+    return {
+        "onnxruntime_over_eager_throughput": ort / eager if ort and eager else None,
+        "triton_c1_over_onnxruntime_latency_p50": triton_latency / ort_latency if triton_latency and ort_latency else None,
+        "triton_best_over_onnxruntime_throughput": triton_best / ort if triton_best and ort else None,
+    }
+
+
+def markdown(report: dict) -> str:
+    """The README's performance table, generated from a results JSON."""
+    header = report["machine"]
+    lines = [
+        f"Machine: {header['cpu_model']}, {header['cpu_cores']} cores, {header['threads']} threads, "
+        f"no GPU; measured peak {header['peak_gflops']} GFLOP/s (FP32 matrix product). "
+        f"Network resolution {report['settings']['resolution']}, batch {report['settings']['batch']}. "
+        f"Command: `{report['command']}`.",
+        "",
+        "| mode | workload | concurrency | throughput (img/s) | p50 (ms) | p90 (ms) | p99 (ms) | GFLOP/s achieved |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['mode']} | {r['workload']} | {r['concurrency']} | {r['perf_throughput']:.2f} | "
+            f"{r['perf_latency_p50']:.0f} | {r['perf_latency_p90']:.0f} | {r['perf_latency_p99']:.0f} | "
+            f"{r.get('achieved_gflops', float('nan')):.1f} |"
+        )
+    ratio = report.get("ratios", {})
+    if ratio:
+        lines += ["", "Targets (full chain, batch 1, this run):", ""]
+        names = {
+            "onnxruntime_over_eager_throughput": ("ONNX Runtime / eager throughput", ">= 1.5"),
+            "triton_c1_over_onnxruntime_latency_p50": ("Triton c=1 / ONNX Runtime p50 latency", "<= 1.15"),
+            "triton_best_over_onnxruntime_throughput": ("Triton best / ONNX Runtime throughput", ">= 1.0"),
+        }
+        for key, (label, target) in names.items():
+            value = ratio.get(key)
+            lines.append(f"- {label}: {'not run' if value is None else f'{value:.2f}'} (target {target})")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Throughput and p50/p99 latency against concurrency, full chain, one line per mode."""
+    rows = chain_rows(report)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["concurrency"])
+        x = [r["concurrency"] for r in mine]
+        left.plot(x, [r["perf_throughput"] for r in mine], marker="o", label=mode)
+        line = right.plot(x, [r["perf_latency_p50"] for r in mine], marker="o", label=f"{mode} p50")[0]
+        right.plot(x, [r["perf_latency_p99"] for r in mine], marker="x", linestyle="--", color=line.get_color(), label=f"{mode} p99")
+    left.set(title="Full chain throughput", xlabel="concurrency", ylabel="images/s")
+    right.set(title="Full chain latency", xlabel="concurrency", ylabel="ms")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    header = report["machine"]
+    figure.suptitle(f"{header['cpu_model']}, {header['cpu_cores']} cores, {report['settings']['resolution']}", fontsize=9)
+    figure.tight_layout()
+    partial = path.with_name(f".{path.name}.partial.png")
+    figure.savefig(partial, dpi=100)
+    plt.close(figure)
+    partial.replace(path)
+    return path

@@ -1,0 +1,148 @@
+"""Run a benchmark: every mode x workload x concurrency, with the machine header and the ratios.
+
+``run_benchmark`` is what ``compositor bench`` calls; it returns the report dict that the CLI
+writes as JSON / markdown / plot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from compositor.bench import triton_target
+from compositor.bench.load import LoadSettings, measure
+from compositor.bench.machine import machine_header
+from compositor.bench.report import ratios
+from compositor.bench.workloads import CHAIN, in_process_workloads, make_pipeline, network_inputs, torch_threads
+from compositor.export.onnx_export import export_fp32
+from compositor.export.wrappers import contract_models
+from compositor.networks.complexity import complexity_table
+from compositor.networks.factory import Networks
+from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, format_resolution
+
+log = logging.getLogger(__name__)
+
+MODES = ("eager", "onnxruntime", "triton")
+
+
+@dataclass
+class BenchSettings:
+    """What to measure and how long.
+
+    Attributes:
+        modes: subset of ``MODES``.
+        concurrency: concurrency levels of the full chain (networks alone run at concurrency 1).
+        batch: images per request.
+        load: measurement windows (``compositor.bench.load.LoadSettings``; concurrency is set per run).
+        networks_alone: also time each network alone.
+        onnx_dir: exported FP32 ONNX models; exported into a temporary folder when None.
+        url: a running Triton server's gRPC ``host:port``; one is started when None.
+    """
+
+    modes: tuple[str, ...] = MODES
+    resolution: tuple[int, int] = DEFAULT_RESOLUTION
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    batch: int = 1
+    load: LoadSettings = field(default_factory=LoadSettings)
+    networks_alone: bool = True
+    onnx_dir: Path | None = None
+    url: str | None = None
+
+
+def _export_onnx(networks: Networks, resolution: tuple[int, int], out_dir: Path) -> Path:
+    models = contract_models(networks)
+    for name in NETWORKS:
+        export_fp32(models[name], name, out_dir / f"{name}.onnx", resolution)
+    return out_dir
+
+
+def _result_row(mode: str, workload: str, concurrency: int, settings: BenchSettings, measured: dict, gflops: float) -> dict:
+    images_per_s = measured["perf_throughput"] * settings.batch
+    return {
+        "mode": mode,
+        "workload": workload,
+        "concurrency": concurrency,
+        "batch": settings.batch,
+        "resolution": format_resolution(settings.resolution),
+        **measured,
+        "perf_throughput": images_per_s,  # images/s (perf_analyzer: inferences/s)
+        "requests_per_s": measured["perf_throughput"],
+        "achieved_gflops": images_per_s * gflops,
+    }
+
+
+def run_benchmark(networks: Networks, settings: BenchSettings, command: str = "") -> dict:
+    """Measure every requested mode; returns the report (``machine``, ``settings``, ``results`` ...)."""
+    unknown = set(settings.modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
+    started = time.perf_counter()
+    header = machine_header(threads=torch_threads())
+    complexity = complexity_table(contract_models(networks), settings.resolution)
+    flops = {row["network"]: row["gflops"] for row in complexity}
+    flops[CHAIN] = sum(flops.values())
+    workload_names = (CHAIN, *NETWORKS) if settings.networks_alone else (CHAIN,)
+    report = {
+        "command": command,
+        "machine": header,
+        "settings": {
+            "modes": list(settings.modes),
+            "resolution": format_resolution(settings.resolution),
+            "concurrency": list(settings.concurrency),
+            "batch": settings.batch,
+            "window_s": settings.load.window_s,
+            "min_requests_per_window": settings.load.min_requests,
+            "stability": settings.load.stability,
+            "untrained_weights": list(networks.untrained),
+        },
+        "compute": {"gflops_per_image": flops, "peak_gflops": header["peak_gflops"]},
+        "results": [],
+        "triton_server": {},
+    }
+    with contextlib.ExitStack() as stack:
+        onnx_dir = settings.onnx_dir
+        needs_onnx = {"onnxruntime", "triton"} & set(settings.modes)
+        if needs_onnx and onnx_dir is None and not (settings.modes == ("triton",) and settings.url):
+            onnx_dir = _export_onnx(networks, settings.resolution, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="compositor-bench-onnx-"))))
+        reference = make_pipeline("eager", networks, settings.resolution)
+        inputs = network_inputs(reference, settings.batch)
+        plan = []
+        for mode in settings.modes:
+            if mode == "triton":
+                url, pid = stack.enter_context(triton_target.triton_endpoint(settings.url, onnx_dir, settings.resolution))
+                workloads = triton_target.triton_workloads(url, settings.batch, workload_names, inputs)
+            else:
+                url, pid = None, None
+                pipeline = reference if mode == "eager" else make_pipeline(mode, networks, settings.resolution, onnx_dir)
+                workloads = in_process_workloads(mode, pipeline, settings.batch, workload_names)
+            for workload in workloads:
+                levels = settings.concurrency if workload.workload == CHAIN else (1,)
+                plan += [(workload, level, url, pid) for level in levels]
+        for workload, level, url, pid in tqdm(plan, desc="bench", unit="run"):
+            load = LoadSettings(**{**settings.load.__dict__, "concurrency": level})
+            before = triton_target.statistics(url) if url else None
+            with triton_target.MemorySampler(pid) as memory:
+                measured = measure(workload.call, load)
+            row = _result_row(workload.mode, workload.workload, level, settings, measured, flops[workload.workload])
+            if url:
+                breakdown = triton_target.server_breakdown(before, triton_target.statistics(url), measured["request_count"])
+                row["server"] = breakdown
+                top = breakdown.get(triton_target.ENSEMBLE if workload.workload == CHAIN else workload.workload, {})
+                row.update({key: value for key, value in top.items() if key.startswith("perf_server")})
+                row["server_peak_rss_mb"] = memory.peak_bytes / 2**20 if pid else None
+            report["results"].append(row)
+            tqdm.write(
+                f"{workload.mode:<12}{workload.workload:<14}c={level:<3}{row['perf_throughput']:8.2f} img/s  "
+                f"p50 {row['perf_latency_p50']:7.0f} ms  p99 {row['perf_latency_p99']:7.0f} ms"
+            )
+    report["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["ratios"] = ratios(report)
+    report["wall_time_s"] = time.perf_counter() - started
+    return report

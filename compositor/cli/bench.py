@@ -1,0 +1,84 @@
+"""Benchmark eager PyTorch, in-process ONNX Runtime and the Triton ensemble; percentiles and plots.
+
+Times the full chain end to end at each concurrency and each network alone (concurrency 1), after a
+warm-up, in windows repeated until throughput is stable. Reports p50/p90/p95/p99 latency (ms),
+throughput (images/s), Triton's server-side breakdown, peak memory, and achieved GFLOP/s against
+the machine's measured peak, with perf_analyzer / model_analyzer field names.
+
+Example:
+  compositor bench --quick --json benchmarks/results/quick.json --markdown quick.md --plot quick.png
+  compositor bench --modes onnxruntime,triton --concurrency 1,2,4 --duration-s 20 --json out.json
+  compositor bench --modes triton --url 127.0.0.1:8001 --json remote.json   # a running server
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from compositor.bench.load import LoadSettings
+from compositor.bench.report import markdown, plot, write_json
+from compositor.bench.run import MODES, BenchSettings, run_benchmark
+from compositor.cli import subcommand_parser
+from compositor.cli.options import add_network_options, networks_from_args
+
+QUICK = {"concurrency": (1, 2), "window_s": 3.0, "min_requests": 5, "max_windows": 3}
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(","))
+    if not values or min(values) < 1:
+        raise ValueError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def register(subparsers) -> None:
+    parser = subcommand_parser(subparsers, __name__, __doc__)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)} (default all)")
+    parser.add_argument("--concurrency", type=_int_list, help="full-chain concurrency levels (default 1,2,4,8; --quick 1,2)")
+    parser.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
+    parser.add_argument("--duration-s", type=float, help="minimum seconds per measurement window (default 10; --quick 3)")
+    parser.add_argument("--quick", action="store_true", help="short windows, concurrency 1,2: under 5 minutes on 2 cores")
+    parser.add_argument("--no-networks", action="store_true", help="full chain only, not each network alone")
+    parser.add_argument("--onnx", type=Path, help="exported FP32 ONNX folder (default: export into a temporary folder)")
+    parser.add_argument("--url", help="gRPC host:port of a running Triton server (default: start one)")
+    parser.add_argument("--json", required=True, type=Path, help="results JSON (always has `results`)")
+    parser.add_argument("--markdown", type=Path, help="also write the results table as markdown")
+    parser.add_argument("--plot", type=Path, help="also write a throughput/latency plot (PNG)")
+    add_network_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    load = LoadSettings(
+        window_s=args.duration_s or (QUICK["window_s"] if args.quick else 10.0),
+        min_requests=QUICK["min_requests"] if args.quick else 20,
+        max_windows=QUICK["max_windows"] if args.quick else 4,
+    )
+    settings = BenchSettings(
+        modes=modes,
+        resolution=args.resolution,
+        concurrency=args.concurrency or (QUICK["concurrency"] if args.quick else (1, 2, 4, 8)),
+        batch=args.batch,
+        load=load,
+        networks_alone=not args.no_networks,
+        onnx_dir=args.onnx,
+        url=args.url,
+    )
+    command = "compositor " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith(("compositor", "__main__.py")) else ""
+    report = run_benchmark(networks_from_args(args), settings, command=command)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    write_json(report, args.json)
+    print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(report))
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    print(markdown(report))
+    return 0
