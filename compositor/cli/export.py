@@ -1,0 +1,89 @@
+"""Export the networks to ONNX (FP32 and FP16) and, with --engines, TensorRT plans, each checked.
+
+Writes to --out: matting.onnx, blending.onnx, harmonization.onnx (FP32, opset 17, dynamic batch,
+spatial size fixed at --resolution), their FP16 mixed-precision variants <name>.fp16.onnx (FP16
+compute, FP32 I/O, normalisation statistics in FP32), with --engines <name>.plan (strongly typed
+TensorRT engines, batch 1..--max-batch) and timing.cache, and export_report.json (parity errors
+against eager PyTorch, FP16 errors and PSNR, TensorRT readiness, trtexec/polygraphy commands).
+Without checkpoint options the default (seeded, untrained) weights of the local pipeline are
+exported, so exported models and `compositor composite --local` agree.
+
+Without TensorRT, --engines fails after writing the ONNX files and the report, and prints the
+trtexec command lines that build the same engines in NVIDIA's TensorRT or Triton container.
+
+Example:
+  compositor export --out exported
+  compositor export --out exported --resolution 256x384 --modnet-checkpoint modnet_photographic_portrait_matting.ckpt
+  compositor export --out exported --max-batch 16 --engines     # on an NVIDIA GPU machine with TensorRT
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from compositor.cli import CommandError, subcommand_parser
+from compositor.cli.options import add_network_options, networks_from_args
+from compositor.export.fp16 import PrecisionError
+from compositor.export.onnx_export import ExportError
+from compositor.export.parity import ParityError
+from compositor.export.pipeline import REPORT_FILE, export_all
+from compositor.export.readiness import ReadinessError
+from compositor.export.tensorrt import EngineBuildError, TensorRTUnavailableError
+from compositor.spec import DEFAULT_MAX_BATCH
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    parser = subcommand_parser(subparsers, __name__, __doc__)
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="export directory (created)")
+    add_network_options(parser)
+    parser.add_argument(
+        "--max-batch",
+        type=_positive,
+        default=DEFAULT_MAX_BATCH,
+        metavar="N",
+        help=f"largest batch: TensorRT profile max and Triton max_batch_size (default {DEFAULT_MAX_BATCH})",
+    )
+    parser.add_argument("--engines", action="store_true", help="also build TensorRT engines (needs TensorRT >= 10)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    networks = networks_from_args(args)
+    weights = {
+        "modnet_checkpoint": args.modnet_checkpoint,
+        "blending_checkpoint": args.blending_checkpoint,
+        "harmonization_checkpoint": args.harmonization_checkpoint,
+    }
+    try:
+        result = export_all(args.out, networks, args.resolution, args.max_batch, args.engines, weights=weights)
+    except TensorRTUnavailableError as error:
+        raise CommandError(str(error)) from error
+    except (ExportError, ParityError, PrecisionError, ReadinessError, EngineBuildError) as error:
+        raise CommandError(f"export failed: {error}") from error
+    print(summary(result.report, args.out))
+    return 0
+
+
+def summary(report: dict, out: Path) -> str:
+    """A few lines for the terminal; the details are in the report."""
+    lines = [f"exported to {out} ({report['seconds']['total']:.0f} s); details in {out / REPORT_FILE}"]
+    for name, entry in report["networks"].items():
+        fp32 = max(
+            o["max_abs_error"] for case in entry["fp32_parity"]["cases"].values() for o in case.values()
+        )
+        photos = entry["fp16"]["parity"]["cases"]["photos"]
+        fp16 = ", ".join(
+            f"{output} max abs {o['max_abs_error']:.2g}, PSNR "
+            + (f"{o['psnr_db']:.1f} dB" if o["psnr_db"] is not None else "inf")
+            for output, o in photos.items()
+        )
+        lines.append(f"  {name:<14} FP32 max abs error {fp32:.2g}; FP16 ({entry['fp16']['policy']}) {fp16}")
+    return "\n".join(lines)

@@ -1,0 +1,287 @@
+"""TensorRT engines from the FP16 ONNX: strongly typed networks, one optimisation profile each.
+
+TensorRT is imported lazily (``import_tensorrt``); machines without it (every CPU machine) still
+get the exact ``trtexec`` and ``polygraphy`` command lines, which build and check the same engines
+inside NVIDIA's TensorRT or Triton containers.
+
+Why strongly typed: the FP16 ONNX already says which layer runs in which precision (FP16 compute,
+normalisation statistics in FP32, FP32 I/O). A strongly typed network follows those types exactly,
+so the engine's numerics are the ones the parity checks measured; with the FP16 builder flag the
+builder would be free to pick per layer. TensorRT 10 has both; TensorRT 11 removed the FP16 builder
+flag (strong typing is the way to ask for FP16), so this module sets no precision flag at all and
+works with both.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from compositor import spec
+from compositor.export.files import write_bytes
+
+log = logging.getLogger(__name__)
+
+MIN_TENSORRT_MAJOR = 10
+"""Strongly typed networks (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``) need TensorRT >= 10."""
+
+TIMING_CACHE_FILE = "timing.cache"
+CONTAINER_HINT = (
+    "run them inside NVIDIA's TensorRT container (nvcr.io/nvidia/tensorrt:<yy.mm>-py3) or Triton "
+    "container (nvcr.io/nvidia/tritonserver:<yy.mm>-py3) on the GPU that will serve the engines, from "
+    "the export directory, e.g. docker run --gpus all --rm -v \"$PWD\":/export -w /export <image> <command>"
+)
+
+
+class TensorRTUnavailableError(RuntimeError):
+    """The TensorRT Python package is missing (or too old) on this machine."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse the ONNX model or build the engine."""
+
+
+def import_tensorrt():
+    """Import and return the ``tensorrt`` module.
+
+    Raises:
+        TensorRTUnavailableError: if it is not installed or older than TensorRT 10.
+    """
+    try:
+        import tensorrt as trt
+    except ImportError as error:
+        raise TensorRTUnavailableError(
+            f"the TensorRT Python package is not installed ({error}); it needs an NVIDIA GPU machine"
+        ) from error
+    major = int(str(trt.__version__).split(".")[0])
+    if major < MIN_TENSORRT_MAJOR or not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        raise TensorRTUnavailableError(
+            f"TensorRT {trt.__version__} is too old: strongly typed networks need TensorRT >= {MIN_TENSORRT_MAJOR}"
+        )
+    return trt
+
+
+def is_available() -> bool:
+    """Whether a usable TensorRT (>= 10) can be imported here."""
+    try:
+        import_tensorrt()
+    except TensorRTUnavailableError:
+        return False
+    return True
+
+
+def unavailable_reason() -> str | None:
+    """Why TensorRT cannot be used here, or None if it can."""
+    try:
+        import_tensorrt()
+    except TensorRTUnavailableError as error:
+        return str(error)
+    return None
+
+
+# --- Command lines --------------------------------------------------------------------------------
+
+
+def _shape(shape: tuple[int, ...], separator: str) -> str:
+    return separator.join(str(d) for d in shape)
+
+
+def _shapes(profiles: Mapping[str, spec.Profile], which: str) -> str:
+    return ",".join(f"{name}:{_shape(getattr(p, which), 'x')}" for name, p in profiles.items())
+
+
+def trtexec_command(
+    onnx_file: str, plan_file: str, profiles: Mapping[str, spec.Profile], timing_cache_file: str = TIMING_CACHE_FILE
+) -> str:
+    """The ``trtexec`` line that builds the same engine as ``build_engine``.
+
+    Strongly typed (no precision flags), the same min/opt/max shapes, the same timing cache.
+    """
+    arguments = [
+        "trtexec",
+        f"--onnx={onnx_file}",
+        f"--saveEngine={plan_file}",
+        "--stronglyTyped",
+        f"--minShapes={_shapes(profiles, 'min')}",
+        f"--optShapes={_shapes(profiles, 'opt')}",
+        f"--maxShapes={_shapes(profiles, 'max')}",
+        f"--timingCacheFile={timing_cache_file}",
+    ]
+    return shlex.join(arguments)
+
+
+def _polygraphy_shapes(profiles: Mapping[str, spec.Profile], which: str) -> list[str]:
+    return [f"{name}:[{_shape(getattr(p, which), ',')}]" for name, p in profiles.items()]
+
+
+def polygraphy_tolerances(tolerances: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Polygraphy comparison arguments equivalent to the FP16 parity tolerances.
+
+    A ``max_abs_error`` bound becomes ``--check-error-stat out:max --atol out:<bound>``; a PSNR
+    bound of P dB (for [0, 1] images: RMSE <= 10^(-P/20)) becomes a bound on the mean absolute
+    error, which never exceeds the RMSE: ``--check-error-stat out:mean --atol out:10^(-P/20)``.
+    """
+    stats, atols = [], []
+    for output, limits in tolerances.items():
+        if "max_abs_error" in limits:
+            stats.append(f"{output}:max")
+            atols.append(f"{output}:{limits['max_abs_error']:g}")
+        elif "psnr_db" in limits:
+            stats.append(f"{output}:mean")
+            atols.append(f"{output}:{10 ** (-limits['psnr_db'] / 20):g}")
+    return ["--check-error-stat", *stats, "--atol", *atols, "--rtol", "0"]
+
+
+def polygraphy_command(
+    fp16_onnx_file: str,
+    profiles: Mapping[str, spec.Profile],
+    tolerance_args: list[str],
+    timing_cache_file: str = TIMING_CACHE_FILE,
+) -> str:
+    """A ``polygraphy run`` line comparing TensorRT with ONNX Runtime on the FP16 ONNX.
+
+    Polygraphy builds a strongly typed engine from the FP16 ONNX with the same profile (the recipe
+    of ``build_engine``), runs it and ONNX Runtime on the same [0, 1] inputs at the opt batch, and
+    compares the outputs (``tolerance_args`` from ``polygraphy_tolerances``).
+    """
+    arguments = [
+        "polygraphy", "run", fp16_onnx_file,
+        "--trt", "--onnxrt", "--strongly-typed",
+        "--trt-min-shapes", *_polygraphy_shapes(profiles, "min"),
+        "--trt-opt-shapes", *_polygraphy_shapes(profiles, "opt"),
+        "--trt-max-shapes", *_polygraphy_shapes(profiles, "max"),
+        "--input-shapes", *_polygraphy_shapes(profiles, "opt"),
+        "--val-range", "[0,1]",
+        "--load-timing-cache", timing_cache_file,
+        *tolerance_args,
+    ]  # fmt: skip
+    return shlex.join(arguments)
+
+
+def polygraphy_engine_commands(
+    fp32_onnx_file: str, plan_file: str, profiles: Mapping[str, spec.Profile], tolerance_args: list[str]
+) -> list[str]:
+    """Two ``polygraphy run`` lines comparing the built ``.plan`` itself with ONNX Runtime FP32.
+
+    The first runs ONNX Runtime on the FP32 ONNX and saves its inputs and outputs; the second runs
+    the engine on the same inputs and compares.
+    """
+    stem = Path(plan_file).stem
+    inputs, outputs = f"{stem}.polygraphy_inputs.json", f"{stem}.onnxrt_outputs.json"
+    reference = [
+        "polygraphy", "run", fp32_onnx_file, "--onnxrt",
+        "--input-shapes", *_polygraphy_shapes(profiles, "opt"),
+        "--val-range", "[0,1]",
+        "--save-inputs", inputs, "--save-outputs", outputs,
+    ]  # fmt: skip
+    engine = [
+        "polygraphy", "run", plan_file, "--model-type", "engine", "--trt",
+        "--load-inputs", inputs, "--load-outputs", outputs,
+        *tolerance_args,
+    ]  # fmt: skip
+    return [shlex.join(reference), shlex.join(engine)]
+
+
+# --- Building -------------------------------------------------------------------------------------
+
+
+def build_engine(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    name: str,
+    profiles: Mapping[str, spec.Profile],
+    timing_cache_path: str | Path | None = None,
+    workspace_bytes: int | None = None,
+) -> dict:
+    """Build a strongly typed TensorRT engine from an FP16 ONNX file and write it as a plain plan.
+
+    Args:
+        onnx_path: the FP16 (mixed-precision) ONNX model.
+        plan_path: output ``.plan``, written atomically.
+        name: network name in ``spec.NETWORKS`` (its I/O names are checked on the network).
+        profiles: one optimisation profile, input name -> min/opt/max shapes.
+        timing_cache_path: timing cache to load (if it exists) and save back.
+        workspace_bytes: builder workspace limit (TensorRT's default if None).
+
+    Returns:
+        build information for the report (TensorRT version, seconds, engine size).
+
+    Raises:
+        TensorRTUnavailableError: no TensorRT >= 10 here.
+        EngineBuildError: parse or build failure (with the parser's errors), or an engine whose
+            I/O differs from the spec.
+    """
+    trt = import_tensorrt()
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    model_spec = spec.NETWORKS[name]
+    log.info("engine %s -> %s (TensorRT %s, strongly typed)", onnx_path.name, plan_path, trt.__version__)
+    started = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Explicit batch is the only mode in TensorRT 10 and 11: the flag is deprecated (10) or gone
+    # (11), so only the strongly typed flag is set.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"{name}: TensorRT could not parse {onnx_path}: " + "; ".join(errors))
+    _check_network_io(trt, network, model_spec)
+
+    config = builder.create_builder_config()
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    profile = builder.create_optimization_profile()
+    for input_name, shapes in profiles.items():
+        profile.set_shape(input_name, shapes.min, shapes.opt, shapes.max)
+    config.add_optimization_profile(profile)
+    timing_cache_path = Path(timing_cache_path) if timing_cache_path else None
+    cached = timing_cache_path.read_bytes() if timing_cache_path and timing_cache_path.is_file() else b""
+    timing_cache = config.create_timing_cache(cached)
+    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"{name}: TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    engine_bytes = bytes(serialized)
+    _check_engine(trt, logger, engine_bytes, model_spec, profiles)
+    write_bytes(plan_path, engine_bytes)
+    if timing_cache_path:
+        write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+    seconds = time.perf_counter() - started
+    log.info("engine %s: %.1f MB in %.1f s", plan_path.name, len(engine_bytes) / 1e6, seconds)
+    return {
+        "path": plan_path.name,
+        "tensorrt_version": str(trt.__version__),
+        "strongly_typed": True,
+        "build_seconds": round(seconds, 2),
+        "size_bytes": len(engine_bytes),
+    }
+
+
+def _check_network_io(trt, network, model_spec: spec.ModelSpec) -> None:
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    outputs = [network.get_output(i) for i in range(network.num_outputs)]
+    got = ([t.name for t in inputs], [t.name for t in outputs])
+    if got != (model_spec.input_names(), model_spec.output_names()):
+        raise EngineBuildError(f"{model_spec.name}: network I/O {got} != spec {model_spec.input_names()} -> {model_spec.output_names()}")
+    for tensor in inputs + outputs:
+        if tensor.dtype != trt.float32:
+            raise EngineBuildError(f"{model_spec.name}: {tensor.name} is {tensor.dtype}, the contract says FP32 I/O")
+
+
+def _check_engine(trt, logger, engine_bytes: bytes, model_spec: spec.ModelSpec, profiles: Mapping[str, spec.Profile]) -> None:
+    """Deserialize the engine and check its I/O names and profile against the spec."""
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise EngineBuildError(f"{model_spec.name}: the built engine does not deserialize")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    expected = model_spec.input_names() + model_spec.output_names()
+    if sorted(names) != sorted(expected):
+        raise EngineBuildError(f"{model_spec.name}: engine tensors {names} != spec {expected}")
+    for input_name, shapes in profiles.items():
+        got = tuple(tuple(s) for s in engine.get_tensor_profile_shape(input_name, 0))
+        if got != (shapes.min, shapes.opt, shapes.max):
+            raise EngineBuildError(f"{model_spec.name}: engine profile of {input_name} is {got}, expected {shapes}")
