@@ -143,8 +143,10 @@ def cover_box(image_size: tuple[int, int], target_size: tuple[int, int]) -> tupl
     target_height, target_width = target_size
     scale = max(target_height / height, target_width / width)
     crop_height, crop_width = target_height / scale, target_width / scale
-    top, left = (height - crop_height) / 2, (width - crop_width) / 2
-    return (left, top, left + crop_width, top + crop_height)
+    # Clamped: floating-point rounding can put an edge a hair outside the image (e.g. -3e-14),
+    # which Pillow refuses.
+    top, left = max(0.0, (height - crop_height) / 2), max(0.0, (width - crop_width) / 2)
+    return (left, top, min(float(width), left + crop_width), min(float(height), top + crop_height))
 
 
 def cover_resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

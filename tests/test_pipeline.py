@@ -73,6 +73,14 @@ def test_cover_resize_scales_to_cover_and_crops_the_centre():
     assert imaging.cover_box((1080, 1920), (333, 517))[1] == 0  # wider target: full height kept
 
 
+def test_cover_box_stays_inside_the_image_despite_rounding():
+    # 300x451 onto 123x457 once gave a left edge of -2.8e-14, which Pillow refuses.
+    left, top, right, bottom = imaging.cover_box((300, 451), (123, 457))
+    assert 0 <= left and 0 <= top and right <= 451 and bottom <= 300
+    covered = imaging.cover_resize(np.zeros((1, 300, 451, 3), np.uint8), (123, 457))
+    assert covered.shape == (1, 123, 457, 3)
+
+
 @pytest.mark.parametrize(
     "source, background, alpha, message",
     [
