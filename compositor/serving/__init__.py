@@ -1,0 +1,1 @@
+"""Serving: Triton model-repository generation and the launcher for the Triton server binary."""

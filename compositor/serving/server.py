@@ -1,0 +1,682 @@
+"""Launch the real Triton Inference Server that ships inside the ``nvidia-pytriton`` wheel.
+
+pytriton's Python API (which binds Python callables as models) is not used: we run the wheel's
+``tritonserver`` binary (Triton 2.51, CPU build with the Python backend and ensembles) against
+our own model repository, exactly as the official container would, so the same repository serves
+here and in production.
+
+Three things make the wheel's binary work outside pytriton, all handled here:
+
+* a backend directory with ``python/libtriton_python.so``, ``python/triton_python_backend_utils.py``
+  and the ``triton_python_backend_stub`` built for *this* interpreter's version (the wheel ships
+  one stub per Python version in ``python_backend_stubs/3.X/``);
+* ``LD_LIBRARY_PATH`` with the wheel's bundled libraries and this interpreter's ``libpython``;
+* ``PATH`` with this interpreter's ``bin`` first: the embedded interpreter in the stub locates its
+  ``sys.prefix`` by looking up ``python3`` on ``PATH``, and so imports that environment's packages.
+
+Example:
+    >>> with TritonServer(Path("model_repository")) as server:  # doctest: +SKIP
+    ...     client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes.util
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+LOGGER = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_START_TIMEOUT_S = 120.0
+"""Loading ONNX Runtime sessions (or building TensorRT-EP engines) takes a while; failures never wait."""
+DEFAULT_STOP_TIMEOUT_S = 40.0
+"""Longer than Triton's own 30 s drain of in-flight requests (``--exit-timeout-secs``) plus unloading."""
+
+_POLL_INTERVAL_S = 0.1
+_LOG_TAIL_LINES = 25
+_MIN_SHM_BYTES = 256 * 2**20
+
+
+class TritonNotFoundError(RuntimeError):
+    """The ``nvidia-pytriton`` wheel, its server binary or the stub for this Python is missing."""
+
+
+class ServerStartError(RuntimeError):
+    """Triton did not become ready: busy port, invalid repository, a model failed to load, timeout."""
+
+
+class StartCancelled(ServerStartError):
+    """``request_stop`` was called (e.g. by a signal handler) before the server was ready."""
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Paths of the Triton server shipped in the ``nvidia-pytriton`` wheel.
+
+    Attributes:
+        binary: the ``tritonserver`` executable.
+        python_backend_dir: holds ``libtriton_python.so`` and ``triton_python_backend_utils.py``.
+        stub: ``triton_python_backend_stub`` built for this interpreter's ``major.minor``.
+        library_dirs: what ``LD_LIBRARY_PATH`` needs: the wheel's bundled libraries and the
+            directory of this interpreter's ``libpython3.X.so`` (the stub embeds Python).
+        cache_dir: the wheel's response-cache implementations (``--cache-directory``).
+        python_bin_dir: this interpreter's ``bin``; goes first on the server's ``PATH``.
+    """
+
+    binary: Path
+    python_backend_dir: Path
+    stub: Path
+    library_dirs: tuple[Path, ...]
+    cache_dir: Path
+    python_bin_dir: Path
+
+    def build_backend_directory(self, root: Path) -> Path:
+        """Create ``root/python/`` with symlinks to the Python backend and the matching stub.
+
+        Returns:
+            ``root``, the value for ``--backend-directory``.
+        """
+        backend = root / "python"
+        backend.mkdir(parents=True, exist_ok=True)
+        sources = (
+            self.python_backend_dir / "libtriton_python.so",
+            self.python_backend_dir / "triton_python_backend_utils.py",
+            self.stub,
+        )
+        for source in sources:
+            link = backend / source.name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(source)
+        return root
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment for the server process: ``base`` (default ``os.environ``) plus our paths."""
+        env = dict(os.environ if base is None else base)
+        # Both the server and the stub link against the wheel's renamed bundled libraries
+        # (libtritonserver, libcudart, ...) and the stub against libpython3.X.so.
+        env["LD_LIBRARY_PATH"] = _prepend_paths(self.library_dirs, env.get("LD_LIBRARY_PATH", ""))
+        # The stub's embedded interpreter finds its environment through ``python3`` on PATH; with
+        # another Python first (e.g. the system one with numpy 2) the models silently import the
+        # wrong packages and return empty or malformed outputs.
+        env["PATH"] = _prepend_paths((self.python_bin_dir,), env.get("PATH", ""))
+        return env
+
+
+def find_triton() -> TritonInstallation:
+    """Locate the Triton server in the installed ``nvidia-pytriton`` wheel, for this interpreter.
+
+    Raises:
+        TritonNotFoundError: the wheel, the server binary, the Python backend, the stub for this
+            Python version or this interpreter's shared ``libpython`` is missing.
+    """
+    # find_spec, not import: importing pytriton pulls in its whole runtime for nothing.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotFoundError(
+            "the nvidia-pytriton package is not installed in this environment "
+            f"({sys.executable}); run scripts/setup.sh or 'pip install nvidia-pytriton'"
+        )
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    root = package_dir / "tritonserver"
+    binary = root / "bin" / "tritonserver"
+    python_backend_dir = root / "backends" / "python"
+    for required in (binary, python_backend_dir / "libtriton_python.so"):
+        if not required.exists():
+            raise TritonNotFoundError(f"nvidia-pytriton is installed but {required} is missing")
+
+    stub = find_stub(root / "python_backend_stubs", f"{sys.version_info.major}.{sys.version_info.minor}")
+    # Not resolved: a venv's bin/python3 is a symlink to the base interpreter, and only the venv's
+    # own bin (next to pyvenv.cfg) makes the stub use the venv's site-packages.
+    python_bin_dir = Path(sys.executable).parent
+    if not (python_bin_dir / "python3").exists():
+        LOGGER.warning(
+            "%s has no python3: the Python-backend stub may pick up another environment's packages",
+            python_bin_dir,
+        )
+    library_dirs = [package_dir.parent / "nvidia_pytriton.libs", _libpython_dir()]
+    return TritonInstallation(
+        binary=binary,
+        python_backend_dir=python_backend_dir,
+        stub=stub,
+        library_dirs=tuple(d for d in library_dirs if d is not None and d.is_dir()),
+        cache_dir=root / "caches",
+        python_bin_dir=python_bin_dir,
+    )
+
+
+def find_stub(stubs_dir: Path, python_version: str) -> Path:
+    """The ``triton_python_backend_stub`` for ``python_version`` ("3.11") in the wheel's ``stubs_dir``.
+
+    Raises:
+        TritonNotFoundError: there is none; the message lists the versions there are.
+    """
+    stub = stubs_dir / python_version / "triton_python_backend_stub"
+    if not stub.is_file():
+        available = sorted(p.name for p in stubs_dir.iterdir() if p.is_dir()) if stubs_dir.is_dir() else []
+        raise TritonNotFoundError(
+            f"no Triton Python-backend stub for Python {python_version} in {stubs_dir} "
+            f"(available: {', '.join(available) or 'none'}); use one of those Python versions"
+        )
+    return stub
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now (for tests; another process may take it later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """The Triton server binary from ``nvidia-pytriton``, serving one model repository.
+
+    Flags, and why:
+
+    * ``--grpc-address/--http-address/--metrics-address``: Triton binds 0.0.0.0 by default; we bind
+      ``host`` (127.0.0.1 unless told otherwise).
+    * ``--model-control-mode=none``: load every model at start-up; no load/unload over the API.
+    * ``--strict-readiness=true``: ``/v2/health/ready`` only once *all* models are ready.
+    * ``--exit-on-error=true``: a model that fails to load stops the server instead of leaving it
+      up with a hole in the ensemble.
+    * ``--disable-auto-complete-config``: our configs are complete (generated and validated); an
+      incomplete one must fail to load rather than be guessed. It also skips one stub launch per
+      Python model (about 1.3 s each) that only exists to call ``auto_complete_config``.
+    * ``--backend-directory``: a private directory with the stub for this Python version.
+
+    The process runs in its own session (process group), so a Ctrl-C in the terminal reaches only
+    our process, which then stops the server in order; ``stop`` kills the whole group last, the
+    Python-backend stubs included.
+
+    Args:
+        repository: the model repository (``--model-repository``).
+        host: address all three endpoints bind to.
+        grpc_port, http_port, metrics_port: endpoint ports.
+        log_path: file for the server's output (Triton log and the models' own prints); default a
+            temporary file, removed by ``stop``.
+        extra_args: more ``tritonserver`` arguments, appended last (so they can override ours).
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        host: str = LOOPBACK,
+        grpc_port: int = DEFAULT_GRPC_PORT,
+        http_port: int = DEFAULT_HTTP_PORT,
+        metrics_port: int = DEFAULT_METRICS_PORT,
+        log_path: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.repository = Path(repository)
+        self.host = host
+        self.grpc_port = grpc_port
+        self.http_port = http_port
+        self.metrics_port = metrics_port
+        self.extra_args = tuple(extra_args)
+        self._requested_log_path = Path(log_path) if log_path is not None else None
+        self._process: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._log_path: Path | None = None
+        self._stopped = False
+        self._stop_requested = False
+
+    # --- addresses -------------------------------------------------------------------------------
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` for ``tritonclient.grpc`` (loopback when bound to all interfaces)."""
+        return _host_port(_connect_host(self.host), self.grpc_port)
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` for ``tritonclient.http``."""
+        return _host_port(_connect_host(self.host), self.http_port)
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus endpoint."""
+        return f"http://{_host_port(_connect_host(self.host), self.metrics_port)}/metrics"
+
+    @property
+    def log_path(self) -> Path | None:
+        """Where the server's output goes (set by ``start``)."""
+        return self._log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> TritonServer:
+        """Launch the server and wait until it and all its models are ready.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            TritonNotFoundError: the wheel or the stub for this Python is missing.
+            ServerStartError: the repository is missing or empty, a port is in use, a model failed
+                to load, the server exited, or it was not ready within ``timeout_s``. The message
+                names the cause and ends with the tail of the server log.
+            StartCancelled: ``request_stop`` was called before the server was ready.
+        """
+        if self._process is not None:
+            raise RuntimeError("this TritonServer was already started")
+        _check_repository(self.repository)
+        _check_ports_free(self.host, self._ports())
+        installation = find_triton()
+        _warn_if_small_shm()
+
+        self._workdir = Path(tempfile.mkdtemp(prefix="compositor-triton-"))
+        backend_dir = installation.build_backend_directory(self._workdir / "backends")
+        self._log_path = self._requested_log_path or self._workdir / "tritonserver.log"
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self._argv(installation, backend_dir)
+        LOGGER.info("starting Triton: %s", " ".join(argv))
+        LOGGER.info("Triton log: %s", self._log_path)
+
+        started = time.monotonic()
+        try:
+            with open(self._log_path, "wb") as log:
+                self._process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=installation.environment(),
+                    start_new_session=True,
+                )
+        except OSError as error:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+            raise ServerStartError(f"could not run {installation.binary}: {error}") from error
+        # Never leave a server behind when the interpreter exits without calling stop().
+        atexit.register(self._stop_at_exit)
+        try:
+            self._wait_until_ready(started + timeout_s, timeout_s)
+        except BaseException:
+            self.stop(timeout_s=5.0)
+            raise
+        LOGGER.info(
+            "Triton ready in %.1f s: gRPC %s, HTTP %s", time.monotonic() - started, self.grpc_url, self.http_url
+        )
+        return self
+
+    def request_stop(self) -> None:
+        """Ask the server to stop, without waiting: safe to call from a signal handler.
+
+        Sends SIGINT to a running server (it drains, unloads and exits; ``wait`` then returns) and
+        makes a ``start`` in progress raise ``StartCancelled``. Call ``stop`` afterwards to reap
+        the process and clean up.
+        """
+        self._stop_requested = True
+        if self.is_running():
+            _send(self._process.pid, signal.SIGINT)
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        """Block until the server exits; returns its exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: still running after ``timeout_s``.
+        """
+        if self._process is None:
+            raise RuntimeError("the server was not started")
+        return self._process.wait(timeout=timeout_s)
+
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int | None:
+        """Stop the server: SIGINT (Triton drains and unloads), then SIGTERM, then SIGKILL.
+
+        Waits up to ``timeout_s`` after SIGINT and a few seconds after SIGTERM; finally kills
+        whatever is left of the process group (Python-backend stubs). Idempotent.
+
+        Returns:
+            The server's exit code, or ``None`` if it was never started.
+        """
+        process = self._process
+        if process is None:
+            return None
+        if self._stopped:
+            return process.returncode
+        atexit.unregister(self._stop_at_exit)
+        if process.poll() is None:
+            LOGGER.info("stopping Triton (pid %d)", process.pid)
+            shm_regions = _stub_shm_regions(process.pid)  # now, while the stubs are there to ask
+            for sig, grace_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, min(timeout_s, 5.0))):
+                _send(process.pid, sig)
+                try:
+                    process.wait(timeout=grace_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    LOGGER.warning("Triton still running %g s after %s", grace_s, sig.name)
+            else:
+                _kill_group(process.pid)
+                process.wait()
+                # Killed processes cannot unlink their shared memory; a few runs would fill /dev/shm.
+                for region in shm_regions:
+                    region.unlink(missing_ok=True)
+        # Stubs normally exit with the server; any that did not go now.
+        _kill_group(process.pid)
+        LOGGER.info("Triton exited with code %s", process.returncode)
+        if self._workdir is not None:
+            # A temporary log goes with it; errors raised by start() already carry its tail.
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        self._stopped = True
+        return process.returncode
+
+    def __enter__(self) -> TritonServer:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _ports(self) -> dict[int, str]:
+        ports = {"gRPC": self.grpc_port, "HTTP": self.http_port, "metrics": self.metrics_port}
+        by_port: dict[int, str] = {}
+        for name, port in ports.items():
+            if not 0 < port < 65536:
+                raise ServerStartError(f"the {name} port must be within 1-65535, not {port}")
+            if port in by_port:
+                raise ServerStartError(f"the {by_port[port]} and {name} ports are both {port}")
+            by_port[port] = name
+        return by_port
+
+    def _argv(self, installation: TritonInstallation, backend_dir: Path) -> list[str]:
+        return [
+            str(installation.binary),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={backend_dir}",
+            f"--cache-directory={installation.cache_dir}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--model-control-mode=none",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--disable-auto-complete-config",
+            *self.extra_args,
+        ]
+
+    def _wait_until_ready(self, deadline: float, timeout_s: float) -> None:
+        assert self._process is not None
+        ready_url = f"http://{self.http_url}/v2/health/ready"
+        # No proxy: an http_proxy in the environment must not intercept a loopback health check.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        log = _LogReader(self._log_path)
+        while True:
+            if self._stop_requested:
+                raise StartCancelled("stop requested before Triton was ready")
+            returncode = self._process.poll()  # before reading, so that the log is complete if it exited
+            # Fail on the first fatal line rather than wait for the other models to finish loading.
+            failure = diagnose_log(log.read_new_lines(), self._ports())
+            if failure is None and returncode is not None:
+                failure = f"Triton exited with code {returncode} before it was ready"
+            if failure is not None:
+                raise ServerStartError(self._failure_message(failure, log.text))
+            # Ready only if *our* process is still alive: the HTTP answer could come from a squatter.
+            if _is_ready(opener, ready_url) and self._process.poll() is None:
+                return
+            if time.monotonic() > deadline:
+                summary = f"Triton was not ready after {timeout_s:.0f} s"
+                raise ServerStartError(self._failure_message(summary, log.text))
+            time.sleep(_POLL_INTERVAL_S)
+
+    def _failure_message(self, summary: str, log_text: str) -> str:
+        # A temporary log is removed by stop(), so only name a log file the caller asked for.
+        where = f"server log {self._log_path}" if self._requested_log_path else "server log"
+        return f"{summary}\n(repository {self.repository}; last lines of the {where}:)\n{log_tail(log_text)}"
+
+    def _stop_at_exit(self) -> None:
+        if self.is_running():
+            LOGGER.warning("interpreter exiting: stopping Triton (pid %d)", self.pid)
+            self.stop(timeout_s=10.0)
+
+
+# --- log diagnosis ---------------------------------------------------------------------------------
+
+
+class _LogReader:
+    """Reads a growing log: only complete new lines each time, so a verbose log stays cheap."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+        self._partial = b""
+        self._chunks: list[str] = []
+
+    def read_new_lines(self) -> str:
+        try:
+            with open(self._path, "rb") as log:
+                log.seek(self._offset)
+                data = log.read()
+        except OSError:
+            return ""
+        self._offset += len(data)
+        data = self._partial + data
+        complete, _, self._partial = data.rpartition(b"\n")
+        if not complete:
+            self._partial = data
+            return ""
+        # The log can hold stray NUL bytes; never let decoding break the diagnosis.
+        text = complete.decode("utf-8", errors="replace") + "\n"
+        self._chunks.append(text)
+        return text
+
+    @property
+    def text(self) -> str:
+        """Everything read so far, the unfinished last line included."""
+        return "".join(self._chunks) + self._partial.decode("utf-8", errors="replace")
+
+
+_PORT_IN_USE = re.compile(r"Socket '(?P<address>[^']*?):(?P<port>\d+)' already in use")
+_MODEL_FAILED = re.compile(
+    r"failed to load '(?P<model>[^']+)'(?: version \d+: (?P<reason>.*?))?\"?$", re.MULTILINE
+)
+_CONFIG_FAILED = re.compile(
+    r"Poll failed for model directory '(?P<model>[^']+)': (?P<reason>.*?)\"?$", re.MULTILINE
+)
+_CREATE_FAILED = re.compile(r"error: creating server: (?P<reason>.*)$", re.MULTILINE)
+
+
+def diagnose_log(log_text: str, ports: dict[int, str] | None = None) -> str | None:
+    """The fatal start-up error in a Triton log, as one readable message, or ``None``.
+
+    Recognises a busy port, models that failed to load (with Triton's reason, e.g. the Python
+    traceback from ``initialize``) and a server that could not be created (e.g. a bad repository).
+    """
+    ports = ports or {}
+    busy = _PORT_IN_USE.search(log_text)
+    if busy:
+        port = int(busy["port"])
+        name = ports.get(port, "a")
+        return f"{name} port {port} on {busy['address']} is already in use"
+    failed: dict[str, str] = {}
+    matches = [*_CONFIG_FAILED.finditer(log_text), *_MODEL_FAILED.finditer(log_text)]
+    for match in matches:
+        reason = match["reason"]
+        if reason or match["model"] not in failed:
+            failed[match["model"]] = _unescape(reason or "")
+    if failed:
+        lines = [f"model '{model}' failed to load: {reason}".rstrip(": ") for model, reason in failed.items()]
+        return "Triton could not load the model repository:\n" + "\n".join(lines)
+    created = _CREATE_FAILED.search(log_text)
+    if created:
+        return f"Triton could not start: {created['reason']}"
+    return None
+
+
+# Harmless on a machine without an NVIDIA driver; they would only bury the real error.
+_CPU_ONLY_NOISE = (
+    "CUDA driver version is insufficient",
+    "CUDA memory pool disabled",
+    "CudaDriverHelper has not been initialized",
+    "Failed to initialize NVML",
+    "DCGM unable to start",
+)
+
+
+def log_tail(log_text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a Triton log, indented, without its tables and CPU-only noise."""
+    kept = [
+        line
+        for line in log_text.splitlines()
+        if line.strip()
+        and not line.lstrip().startswith(("+", "|"))
+        and not line.rstrip().endswith("]")  # a table's header line, the table itself dropped
+        and not any(noise in line for noise in _CPU_ONLY_NOISE)
+    ]
+    return "\n".join("  " + line for line in kept[-lines:])
+
+
+def _unescape(text: str) -> str:
+    # Triton quotes log messages and escapes their newlines; tracebacks read better unescaped.
+    return text.replace("\\n", "\n").replace('\\"', '"').strip()
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _check_repository(repository: Path) -> None:
+    if not repository.exists():
+        raise ServerStartError(f"model repository {repository} does not exist")
+    if not repository.is_dir():
+        raise ServerStartError(f"model repository {repository} is not a directory")
+    models = [p.name for p in repository.iterdir() if p.is_dir() and (p / "config.pbtxt").is_file()]
+    if not models:
+        raise ServerStartError(
+            f"model repository {repository} holds no models (no <model>/config.pbtxt); "
+            "generate one with 'compositor repository'"
+        )
+    LOGGER.debug("repository %s: %s", repository, ", ".join(sorted(models)))
+
+
+def _check_ports_free(host: str, ports: dict[int, str]) -> None:
+    for port, name in ports.items():
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # SO_REUSEADDR as servers set it: a port in TIME_WAIT is usable, a listening one is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as error:
+                message = f"{name} port {port} on {host} is not available: {error.strerror}"
+                raise ServerStartError(message) from None
+
+
+def _warn_if_small_shm() -> None:
+    # The Python backend moves every tensor through a /dev/shm region per model instance; Docker's
+    # default 64 MiB runs out with a few instances and large frames.
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return
+    if free < _MIN_SHM_BYTES:
+        LOGGER.warning(
+            "/dev/shm has only %d MiB free; the Python backend may fail to allocate shared memory "
+            "(in Docker use --shm-size=1g or --ipc=host)",
+            free // 2**20,
+        )
+
+
+def _libpython_dir() -> Path | None:
+    """The directory holding this interpreter's ``libpython3.X.so`` (the stub links against it)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME") or f"libpython{version}.so"
+    if libdir and (Path(libdir) / soname).exists():
+        return Path(libdir)
+    # Debian-style Pythons keep it in a multiarch directory the dynamic linker already searches.
+    if ctypes.util.find_library(f"python{version}"):
+        return None
+    raise TritonNotFoundError(
+        f"no shared libpython for Python {version} (looked for {soname} in {libdir}); the Triton "
+        f"Python-backend stub needs it (Debian/Ubuntu: apt install libpython{version})"
+    )
+
+
+def _prepend_paths(first: Sequence[Path], rest: str) -> str:
+    return os.pathsep.join([*(str(p) for p in first), *([rest] if rest else [])])
+
+
+def _connect_host(host: str) -> str:
+    # Clients cannot connect to a wildcard address; use the loopback of the same family.
+    return {"0.0.0.0": LOOPBACK, "": LOOPBACK, "::": "::1"}.get(host, host)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_ready(opener: urllib.request.OpenerDirector, url: str) -> bool:
+    try:
+        with opener.open(url, timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stub_shm_regions(pgid: int) -> list[Path]:
+    """The ``/dev/shm`` regions of the Python-backend stubs in process group ``pgid``.
+
+    A stub's command line is ``triton_python_backend_stub MODEL.py SHM_REGION_NAME ...``.
+    """
+    regions = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            # /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if len(argv) > 2 and argv[0].endswith(b"triton_python_backend_stub"):
+            regions.append(Path("/dev/shm") / os.fsdecode(argv[2]))
+    return regions
+
+
+def _send(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

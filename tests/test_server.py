@@ -1,0 +1,373 @@
+"""The Triton launcher against the real server binary from the nvidia-pytriton wheel.
+
+Each test writes a tiny repository (a Python-backend ``identity`` model) into ``tmp_path``; the
+inference tests prove the stub runs with this environment's numpy (an identity model run with the
+wrong numpy answers with empty or malformed outputs).
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from compositor.serving.server import (
+    ServerStartError,
+    TritonNotFoundError,
+    TritonServer,
+    diagnose_log,
+    find_stub,
+    find_triton,
+    free_port,
+)
+
+IDENTITY_CONFIG = """\
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+IDENTITY_MODEL = '''\
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        {fail}
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            array = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            output = pb_utils.Tensor(self.output_name, np.ascontiguousarray(array, dtype=self.output_dtype))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
+        return responses
+'''
+
+
+ENSEMBLE_CONFIG = """\
+name: "identity_twice"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+ensemble_scheduling {
+  step [
+    { model_name: "identity" model_version: -1
+      input_map { key: "INPUT0" value: "INPUT0" } output_map { key: "OUTPUT0" value: "middle" } },
+    { model_name: "identity" model_version: -1
+      input_map { key: "INPUT0" value: "middle" } output_map { key: "OUTPUT0" value: "OUTPUT0" } }
+  ]
+}
+"""
+
+
+def write_identity_model(repository: Path, name: str = "identity", fail_in_initialize: bool = False) -> Path:
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(IDENTITY_CONFIG.format(name=name))
+    fail = 'raise RuntimeError("deliberate failure in initialize")' if fail_in_initialize else "pass"
+    (model_dir / "1" / "model.py").write_text(IDENTITY_MODEL.format(fail=fail))
+    return repository
+
+
+def free_ports() -> dict[str, int]:
+    return {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def assert_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        # SO_REUSEADDR, as servers set it: the readiness checks leave connections in TIME_WAIT.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+
+
+@pytest.fixture(scope="module")
+def identity_server(tmp_path_factory):
+    repository = write_identity_model(tmp_path_factory.mktemp("repository"))
+    (repository / "identity_twice" / "1").mkdir(parents=True)
+    (repository / "identity_twice" / "config.pbtxt").write_text(ENSEMBLE_CONFIG)
+    with TritonServer(repository, **free_ports()) as server:
+        yield server
+
+
+def test_find_triton_picks_the_stub_of_this_python():
+    installation = find_triton()
+    assert installation.binary.is_file()
+    assert installation.stub.parent.name == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert installation.python_bin_dir == Path(sys.executable).parent
+    env = installation.environment({"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/lib"})
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert env["LD_LIBRARY_PATH"].endswith(":/opt/lib")
+
+
+def test_a_python_without_a_stub_is_a_clear_error(tmp_path):
+    (tmp_path / "3.11").mkdir()
+    (tmp_path / "3.12").mkdir()
+    with pytest.raises(TritonNotFoundError, match=r"no Triton Python-backend stub for Python 3.99 .*3.11, 3.12"):
+        find_stub(tmp_path, "3.99")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            """E1127 11:09:56.727987 3089 main.cc:257] "failed to start HTTP service: """
+            """Unavailable - Socket '127.0.0.1:18000' already in use \"""",
+            "HTTP port 18000 on 127.0.0.1 is already in use",
+        ),
+        (
+            """E1127 11:09:53.713148 3051 model_lifecycle.cc:642] "failed to load 'broken' version 1: """
+            """Internal: RuntimeError: boom\\n\\nAt:\\n  model.py(7): initialize\\n\"""",
+            "model 'broken' failed to load: Internal: RuntimeError: boom\n\nAt:\n  model.py(7): initialize",
+        ),
+        (
+            """E1127 11:13:42.556331 5746 model_repository_manager.cc:1460] "Poll failed for model """
+            """directory 'identity': failed to read text proto from /r/identity/config.pbtxt\"""",
+            "model 'identity' failed to load: failed to read text proto from /r/identity/config.pbtxt",
+        ),
+        ("""error: creating server: Internal - failed to stat file /nope""", "failed to stat file /nope"),
+        ("""I1127 11:09:43.391192 2915 model_lifecycle.cc:839] "successfully loaded 'identity'\"""", None),
+    ],
+)
+def test_the_log_diagnosis_names_the_cause(line, expected):
+    message = diagnose_log(line, {18000: "HTTP"})
+    if expected is None:
+        assert message is None
+    else:
+        assert expected in message
+
+
+@pytest.mark.triton
+def test_the_server_binds_only_to_loopback_and_is_ready(identity_server):
+    assert identity_server.is_running()
+    listening = {
+        (conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.Process(identity_server.pid).net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN
+    }
+    ports = {identity_server.grpc_port, identity_server.http_port, identity_server.metrics_port}
+    assert {port for _, port in listening} >= ports
+    # gRPC listens on an IPv4-mapped IPv6 socket: ::ffff:127.0.0.1.
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, port in listening if port in ports), listening
+
+
+@pytest.mark.triton
+def test_an_inference_over_grpc_returns_the_input(identity_server):
+    import tritonclient.grpc as grpcclient
+
+    data = np.arange(10, dtype=np.float32).reshape(2, 5) / 7
+    client = grpcclient.InferenceServerClient(identity_server.grpc_url)
+    assert client.is_model_ready("identity")
+    infer_input = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    infer_input.set_data_from_numpy(data)
+    result = client.infer("identity", [infer_input], outputs=[grpcclient.InferRequestedOutput("OUTPUT0")])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+
+
+@pytest.mark.triton
+def test_an_ensemble_of_python_models_returns_the_input(identity_server):
+    import tritonclient.grpc as grpcclient
+
+    data = np.full((1, 3), 0.25, dtype=np.float32)
+    client = grpcclient.InferenceServerClient(identity_server.grpc_url)
+    infer_input = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    infer_input.set_data_from_numpy(data)
+    np.testing.assert_array_equal(client.infer("identity_twice", [infer_input]).as_numpy("OUTPUT0"), data)
+
+
+@pytest.mark.triton
+def test_an_inference_over_http_returns_the_input(identity_server):
+    import tritonclient.http as httpclient
+
+    data = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    client = httpclient.InferenceServerClient(identity_server.http_url)
+    infer_input = httpclient.InferInput("INPUT0", list(data.shape), "FP32")
+    infer_input.set_data_from_numpy(data, binary_data=True)
+    result = client.infer("identity", [infer_input])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+
+
+@pytest.mark.triton
+def test_a_busy_port_fails_fast_naming_the_port(tmp_path):
+    repository = write_identity_model(tmp_path / "repository")
+    ports = free_ports()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["http_port"]))
+        squatter.listen()
+        started = time.monotonic()
+        with pytest.raises(ServerStartError, match=f"HTTP port {ports['http_port']} on 127.0.0.1"):
+            TritonServer(repository, **ports).start()
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.triton
+def test_a_model_failing_to_load_fails_fast_with_its_name(tmp_path):
+    repository = write_identity_model(tmp_path / "repository", name="broken", fail_in_initialize=True)
+    server = TritonServer(repository, **free_ports())
+    started = time.monotonic()
+    with pytest.raises(ServerStartError, match=r"(?s)model 'broken' failed to load.*deliberate failure"):
+        server.start(timeout_s=60)
+    assert time.monotonic() - started < 20
+    assert not server.is_running()
+    assert process_tree(server.pid) == []
+
+
+@pytest.mark.triton
+def test_a_missing_repository_is_a_clear_error(tmp_path):
+    with pytest.raises(ServerStartError, match="model repository .*missing does not exist"):
+        TritonServer(tmp_path / "missing", **free_ports()).start()
+
+
+@pytest.mark.triton
+def test_stop_leaves_no_process_behind(tmp_path):
+    repository = write_identity_model(tmp_path / "repository")
+    server = TritonServer(repository, **free_ports()).start()
+    tree = process_tree(server.pid)
+    assert any("triton_python_backend_stub" in " ".join(p.cmdline()) for p in tree)
+    assert server.stop() == 0
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    assert alive == []
+    assert_port_free(server.http_port)
+
+
+@pytest.mark.triton
+def test_a_server_deaf_to_sigint_and_sigterm_is_killed_with_its_stubs_and_shared_memory(tmp_path):
+    repository = write_identity_model(tmp_path / "repository")
+    server = TritonServer(repository, **free_ports()).start()
+    tree = process_tree(server.pid)
+    stub_args = [p.cmdline() for p in tree if "triton_python_backend_stub" in " ".join(p.cmdline())]
+    shm_region = Path("/dev/shm") / stub_args[0][2]
+    assert shm_region.exists()
+    server._process.send_signal(signal.SIGSTOP)  # a stopped process handles no signal but SIGKILL
+    started = time.monotonic()
+    assert server.stop(timeout_s=0.5) == -signal.SIGKILL
+    assert time.monotonic() - started < 10
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    assert alive == []
+    assert not shm_region.exists()
+
+
+def serve_command(repository: Path, ports: dict[str, int]) -> list[str]:
+    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository)]
+    for name, port in ports.items():
+        command += [f"--{name.replace('_', '-')}", str(port)]
+    return command
+
+
+class ServeProcess:
+    """``compositor serve`` in a subprocess, its combined output read line by line in a thread."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: list[str] = []
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def wait_for(self, text: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.output):
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.text}"
+            try:
+                self.output.append(self._lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def processes_serving(repository: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(repository) in part for part in process.info["cmdline"] or ()):
+            found.append(process)
+    return found
+
+
+@pytest.mark.triton
+def test_the_serve_command_becomes_ready_and_exits_0_on_sigint(tmp_path):
+    repository = write_identity_model(tmp_path / "repository")
+    ports = free_ports()
+    serve = ServeProcess(serve_command(repository, ports))
+    try:
+        serve.wait_for("Triton ready")
+        assert f"gRPC 127.0.0.1:{ports['grpc_port']}" in serve.text
+        serve.process.send_signal(signal.SIGINT)
+        assert serve.process.wait(timeout=30) == 0, serve.text
+    finally:
+        serve.kill()
+    assert processes_serving(repository) == []
+    for port in ports.values():
+        assert_port_free(port)
+
+
+@pytest.mark.triton
+def test_a_sigint_while_the_serve_command_starts_leaves_no_server_behind(tmp_path):
+    repository = write_identity_model(tmp_path / "repository")
+    serve = ServeProcess(serve_command(repository, free_ports()))
+    try:
+        serve.wait_for("starting Triton")
+        serve.process.send_signal(signal.SIGINT)
+        assert serve.process.wait(timeout=30) == 130, serve.text
+    finally:
+        serve.kill()
+    assert processes_serving(repository) == []
+
+
+@pytest.mark.triton
+def test_the_serve_command_reports_a_busy_port_and_exits_non_zero(tmp_path):
+    repository = write_identity_model(tmp_path / "repository")
+    ports = free_ports()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["grpc_port"]))
+        squatter.listen()
+        result = subprocess.run(serve_command(repository, ports), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"gRPC port {ports['grpc_port']} on 127.0.0.1" in result.stderr
+
+
+def test_the_serve_help_has_an_example(capsys):
+    from compositor.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", "--help"])
+    assert exit_info.value.code == 0
+    assert "compositor serve --repository" in capsys.readouterr().out
