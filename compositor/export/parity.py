@@ -217,7 +217,7 @@ def check_fp32_parity(
     model: nn.Module,
     onnx_path: str | Path,
     feeds: dict[str, dict[str, dict[str, np.ndarray]]],
-    tolerance: float = FP32_MAX_ABS_ERROR,
+    tolerance: float | None = None,
 ) -> ParityReport:
     """ONNX Runtime (FP32 ONNX) against eager PyTorch, every case, every output.
 
@@ -226,7 +226,7 @@ def check_fp32_parity(
         model: the contract model that was exported.
         onnx_path: the exported FP32 model.
         feeds: from ``parity_feeds``.
-        tolerance: max abs error allowed.
+        tolerance: max abs error allowed (default ``FP32_MAX_ABS_ERROR``).
 
     Returns:
         the report (passed).
@@ -234,6 +234,7 @@ def check_fp32_parity(
     Raises:
         ParityError: if an output is not finite or exceeds ``tolerance``.
     """
+    tolerance = FP32_MAX_ABS_ERROR if tolerance is None else tolerance
     session = onnxruntime_session(onnx_path)
     report = ParityReport(name, "eager PyTorch FP32", "ONNX Runtime CPU, FP32 ONNX", {"max_abs_error": tolerance})
     for case, by_network in feeds.items():
