@@ -20,7 +20,12 @@ class CommandError(Exception):
     """A user-facing failure: printed as ``error: ...`` with exit code 2, no traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, just that subcommand's module is imported.
+
+    Subcommand modules import PyTorch, ONNX or Triton's client; importing only the one asked for
+    keeps ``compositor serve`` and ``compositor repository`` quick to start.
+    """
     parser = argparse.ArgumentParser(
         prog="compositor",
         description="Realistic portrait compositing: matting -> blending -> harmonization, "
@@ -30,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as error:
@@ -53,7 +60,9 @@ def subcommand_parser(subparsers, module_name: str, module_doc: str) -> argparse
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``compositor`` console script. Returns the process exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(only=chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

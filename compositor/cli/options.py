@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from compositor.networks.factory import Networks, load_networks
 from compositor.spec import DEFAULT_RESOLUTION, format_resolution, parse_resolution
+
+if TYPE_CHECKING:
+    from compositor.networks.factory import Networks
 
 
 def resolution_argument(text: str) -> tuple[int, int]:
@@ -36,4 +39,7 @@ def add_network_options(parser: argparse.ArgumentParser, resolution: bool = True
 
 
 def networks_from_args(args: argparse.Namespace) -> Networks:
+    # Imported here: PyTorch takes seconds to import, and commands that only parse need none of it.
+    from compositor.networks.factory import load_networks
+
     return load_networks(args.modnet_checkpoint, args.blending_checkpoint, args.harmonization_checkpoint)
