@@ -1,1 +1,14 @@
-"""Export: torch -> ONNX FP32 -> FP16 ONNX -> TensorRT engines, each step checked."""
+"""Export: torch -> ONNX FP32 -> FP16 ONNX -> TensorRT engines, each step checked.
+
+The steps are small importable functions, each raising on failure:
+
+* ``onnx_export.export_fp32``: a contract model (``wrappers.contract_models``) -> FP32 ONNX;
+* ``parity.check_fp32_parity`` / ``parity.check_fp16_parity``: ONNX Runtime against eager / FP32;
+* ``fp16.save_mixed_precision`` with a policy from ``fp16.precision_ladder``;
+* ``headroom.check_fp16_headroom``: what runs in FP16 fits FP16's range;
+* ``readiness.check_tensorrt_readiness`` / ``readiness.check_profile_against_triton``;
+* ``tensorrt.build_engine`` (lazy TensorRT) and the equivalent ``trtexec``/``polygraphy`` lines.
+
+``pipeline.export_all`` runs them for the three networks and writes ``export_report.json``; the
+``compositor export`` command is its command line.
+"""

@@ -16,6 +16,11 @@ in the FP32 graph, so this module has its own small pass with one rule per tenso
 
 The resulting graph is what TensorRT builds as a strongly typed network: every layer runs in the
 precision its tensors carry, nothing is left to the builder's discretion.
+
+Which nodes stay FP32 is a ``PrecisionPolicy``; ``precision_ladder`` lists the policies tried for a
+network, least FP32 first (the export takes the first that passes its checks and reports every
+attempt). ``headroom.check_fp16_headroom`` verifies that what a policy leaves in FP16 fits FP16's
+range, which ONNX Runtime's CPU provider cannot show (see that module).
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ log = logging.getLogger(__name__)
 FP16_MAX = float(np.finfo(np.float16).max)
 
 # Operators whose *statistics* (a mean and a variance over a whole feature map) stay in FP32: a sum
-# of squares over 128x128 values of magnitude ~25 already exceeds FP16's 65504, and a variance
-# computed in FP16 loses the small differences that normalisation divides by.
+# over a 256x256 map of values around 1 already exceeds FP16's 65504, a sum of squares far sooner,
+# and a variance computed in FP16 loses the small differences that normalisation divides by.
 STATISTICS_OPS = frozenset({"InstanceNormalization", "LayerNormalization", "GroupNormalization"})
 
 
@@ -140,6 +145,10 @@ def convert_to_mixed_precision(
         elem_type[name] = init.data_type
     if any(t == TensorProto.FLOAT16 for t in elem_type.values()):
         raise PrecisionError("the model already holds FP16 tensors; convert the FP32 model")
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            # Not needed by these networks, so not implemented: fail rather than convert wrongly.
+            raise PrecisionError(f"node {node.name!r} ({node.domain or 'ai.onnx'}::{node.op_type}): custom domains and subgraphs are not supported")
 
     # Precision each float tensor has in the new graph (before any cast).
     home: dict[str, int] = {name: TensorProto.FLOAT for name, t in elem_type.items() if t == TensorProto.FLOAT}
@@ -224,6 +233,7 @@ def convert_to_mixed_precision(
         producer_version=source.producer_version,
         ir_version=source.ir_version,
     )
+    onnx.helper.set_model_props(result, {"compositor.fp16_policy": policy.name})
     result = onnx.shape_inference.infer_shapes(result, strict_mode=True)
     onnx.checker.check_model(result, full_check=True)
     return result, summary

@@ -2,17 +2,18 @@
 
 Per network, each step raises on failure and logs one progress line:
 
-1. ``onnx_export.export_fp32``: FP32 ONNX, spec names, dynamic batch, fixed spatial size;
-2. ``parity.check_fp32_parity``: ONNX Runtime against eager PyTorch (photos and random inputs);
-3. ``readiness.check_tensorrt_readiness`` on the FP32 graph;
-4. FP16 mixed precision, walking ``fp16.precision_ladder`` until a rung passes both
-   ``parity.check_fp16_parity`` and ``headroom.check_fp16_headroom``;
-5. ``readiness.check_tensorrt_readiness`` on the FP16 graph, and the optimisation profile against
-   the Triton config that ``compositor repository`` generates for the ``tensorrt`` flavour;
-6. with ``engines``: ``tensorrt.build_engine`` (strongly typed, shared timing cache).
+1. FP32 ONNX: ``onnx_export.export_fp32`` (spec names, dynamic batch, fixed spatial size),
+   ``parity.check_fp32_parity`` (ONNX Runtime against eager PyTorch on photos and random inputs),
+   ``readiness.check_tensorrt_readiness``;
+2. FP16 ONNX: walk ``fp16.precision_ladder`` until a rung passes ``parity.check_fp16_parity`` and
+   ``headroom.check_fp16_headroom``; then ``readiness.check_tensorrt_readiness``;
+3. the optimisation profile against the Triton config that ``compositor repository`` generates
+   for the ``tensorrt`` flavour (``readiness.check_profile_against_triton``);
+4. with ``engines``: ``tensorrt.build_engine`` (strongly typed, shared timing cache).
 
 Every file is written to a temporary name and renamed once its checks passed, so the export
-directory never holds a half-written or unchecked model; ``export_report.json`` is written last.
+directory never holds a half-written or unchecked model. ``export_report.json`` is removed first
+and written last: a directory without it holds an unfinished export.
 
 Files (``<name>`` is ``matting``, ``blending``, ``harmonization``): ``<name>.onnx`` (FP32),
 ``<name>.fp16.onnx``, ``<name>.plan`` (with ``engines``), ``timing.cache``, ``export_report.json``.
@@ -24,6 +25,8 @@ import datetime as dt
 import logging
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,30 +62,22 @@ def plan_file(name: str) -> str:
 
 
 class Progress:
-    """One log line per step: ``[k/N] network: step (seconds)``."""
+    """One log line when a step starts and one when it ends: ``[k/N] network: step (seconds)``."""
 
     def __init__(self, total: int):
         self.total, self.done = total, 0
 
-    def step(self, label: str):
-        progress = self
-
-        class _Step:
-            def __enter__(self):
-                self.started = time.perf_counter()
-                log.info("[%d/%d] %s ...", progress.done + 1, progress.total, label)
-                return self
-
-            def __exit__(self, kind, error, traceback):
-                seconds = time.perf_counter() - self.started
-                if error is None:
-                    progress.done += 1
-                    log.info("[%d/%d] %s: done in %.1f s", progress.done, progress.total, label, seconds)
-                else:
-                    log.error("[%d/%d] %s: FAILED after %.1f s: %s", progress.done + 1, progress.total, label, seconds, error)
-                return False
-
-        return _Step()
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        started = time.perf_counter()
+        log.info("[%d/%d] %s ...", self.done + 1, self.total, label)
+        try:
+            yield
+        except BaseException as error:
+            log.error("[%d/%d] %s: FAILED after %.1f s: %s", self.done + 1, self.total, label, time.perf_counter() - started, error)
+            raise
+        self.done += 1
+        log.info("[%d/%d] %s: done in %.1f s", self.done, self.total, label, time.perf_counter() - started)
 
 
 @dataclass
@@ -138,13 +133,15 @@ def export_all(
     models = contract_models(networks)
     tensorrt_missing = tensorrt.unavailable_reason() if engines else None
     build_engines = engines and tensorrt_missing is None
-    steps_per_network = 5 + (1 if build_engines else 0)
+    steps_per_network = 3 + (1 if build_engines else 0)
     progress = Progress(1 + steps_per_network * len(models))
     log.info(
         "export to %s: %s at %s, batch 1..%d, engines %s",
         out_dir, ", ".join(models), spec.format_resolution(resolution), max_batch,
         "yes" if build_engines else ("requested, TensorRT unavailable" if engines else "no"),
     )  # fmt: skip
+
+    _remove_stale_outputs(out_dir, remove_plans=not build_engines)
 
     with progress.step("parity inputs (scikit-image photos through the eager pipeline, random)"):
         feeds = parity.parity_feeds(models, resolution)
@@ -155,24 +152,21 @@ def export_all(
         entry = report_networks[name] = _network_entry(name, resolution, max_batch)
         fp32_path, fp16_path = out_dir / fp32_file(name), out_dir / fp16_file(name)
 
-        with progress.step(f"{name}: FP32 ONNX export + parity against eager"):
+        with progress.step(f"{name}: FP32 ONNX: export, parity against eager, TensorRT readiness"):
             with atomic_path(fp32_path) as staging:
                 export_fp32(model, name, staging, resolution)
                 entry["fp32_parity"] = parity.check_fp32_parity(name, model, staging, feeds).as_dict()
+                fp32_model = onnx.load(str(staging))
+                entry["tensorrt_readiness"] = {"fp32": readiness.check_tensorrt_readiness(fp32_model, name, resolution)}
         files.append(fp32_path)
 
-        with progress.step(f"{name}: TensorRT readiness of the FP32 graph"):
-            fp32_model = onnx.load(str(fp32_path))
-            entry["tensorrt_readiness"] = {"fp32": readiness.check_tensorrt_readiness(fp32_model, name, resolution)}
-
-        with progress.step(f"{name}: FP16 mixed precision + parity + headroom"):
-            entry["fp16"] = _fp16_with_ladder(name, model, fp32_model, fp32_path, fp16_path, feeds)
+        with progress.step(f"{name}: FP16 ONNX: mixed precision, parity, headroom, TensorRT readiness"):
+            entry["fp16"], entry["tensorrt_readiness"]["fp16"] = _fp16_with_ladder(
+                name, model, fp32_model, fp32_path, fp16_path, feeds, resolution
+            )
         files.append(fp16_path)
 
-        with progress.step(f"{name}: TensorRT readiness of the FP16 graph"):
-            entry["tensorrt_readiness"]["fp16"] = readiness.check_tensorrt_readiness(onnx.load(str(fp16_path)), name, resolution)
-
-        with progress.step(f"{name}: profile against the Triton config"):
+        with progress.step(f"{name}: TensorRT profile against the Triton config"):
             profiles = spec.tensorrt_profiles(spec.NETWORKS[name], resolution, max_batch)
             dims, config_max_batch = triton_config_dims(name, resolution, max_batch)
             readiness.check_profile_against_triton(profiles, dims, config_max_batch)
@@ -187,6 +181,7 @@ def export_all(
                 entry["tensorrt"]["engine"] = tensorrt.build_engine(
                     fp16_path, out_dir / plan_file(name), name, profiles, out_dir / tensorrt.TIMING_CACHE_FILE
                 )
+            entry["files"]["plan"] = plan_file(name)
             files.append(out_dir / plan_file(name))
         timings[name] = round(time.perf_counter() - network_started, 2)
 
@@ -222,15 +217,13 @@ def missing_tensorrt_message(report: dict, out_dir: Path) -> str:
     """The error for ``--engines`` without TensorRT: why, and the trtexec lines that do the same."""
     lines = [
         f"cannot build TensorRT engines here: {report['tensorrt']['reason_unavailable']}.",
-        f"The ONNX models and {REPORT_FILE} are in {out_dir}. To build the same engines (strongly typed, same "
-        f"shapes), {CONTAINER_HINT_SHORT}:",
+        f"The ONNX models and {REPORT_FILE} are in {out_dir}. These trtexec commands build the same engines "
+        "(strongly typed, same shapes, same timing cache):",
+        *(f"  {entry['tensorrt']['trtexec']}" for entry in report["networks"].values()),
+        f"{tensorrt.CONTAINER_HINT[0].upper()}{tensorrt.CONTAINER_HINT[1:]}.",
+        f"{REPORT_FILE} also lists the polygraphy commands that compare each engine with ONNX Runtime.",
     ]
-    lines += [f"  {entry['tensorrt']['trtexec']}" for entry in report["networks"].values()]
-    lines.append(f"({tensorrt.CONTAINER_HINT}; the report also lists the polygraphy commands that check the engines.)")
     return "\n".join(lines)
-
-
-CONTAINER_HINT_SHORT = "run in the export directory inside NVIDIA's TensorRT or Triton container"
 
 
 def _network_entry(name: str, resolution: tuple[int, int], max_batch: int) -> dict:
@@ -238,7 +231,7 @@ def _network_entry(name: str, resolution: tuple[int, int], max_batch: int) -> di
     profiles = spec.tensorrt_profiles(model_spec, resolution, max_batch)
     tolerances = tensorrt.polygraphy_tolerances({t.name: parity.FP16_TOLERANCES[t.name] for t in model_spec.outputs})
     return {
-        "files": {"fp32": fp32_file(name), "fp16": fp16_file(name), "plan": plan_file(name)},
+        "files": {"fp32": fp32_file(name), "fp16": fp16_file(name), "plan": None},
         "inputs": [{"name": t.name, "dtype": t.dtype, "shape": [-1, *t.resolved_shape(resolution)]} for t in model_spec.inputs],
         "outputs": [{"name": t.name, "dtype": t.dtype, "shape": [-1, *t.resolved_shape(resolution)]} for t in model_spec.outputs],
         "tensorrt": {
@@ -251,8 +244,12 @@ def _network_entry(name: str, resolution: tuple[int, int], max_batch: int) -> di
     }
 
 
-def _fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path: Path, feeds) -> dict:
-    """Walk the precision ladder; write ``fp16_path`` with the first rung that passes every check."""
+def _fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path: Path, feeds, resolution) -> tuple[dict, dict]:
+    """Walk the precision ladder; write ``fp16_path`` with the first rung that passes every check.
+
+    Returns:
+        ``(fp16 report entry, TensorRT readiness of the FP16 graph)``.
+    """
     attempts = []
     headroom_feeds = [feeds[case][name] for case in feeds]
     for policy in fp16.precision_ladder(model):
@@ -261,14 +258,12 @@ def _fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path: Path,
         try:
             with atomic_path(fp16_path) as staging:
                 attempt["conversion"] = fp16.save_mixed_precision(fp32_path, staging, policy).as_dict()
-                try:
-                    attempt["parity"] = parity.check_fp16_parity(name, fp32_path, staging, feeds).as_dict()
-                except parity.ParityError as error:
-                    attempt["failure"] = str(error)
-                    raise
+                attempt["parity"] = parity.check_fp16_parity(name, fp32_path, staging, feeds).as_dict()
                 attempt["headroom"] = headroom.check_fp16_headroom(fp32_model, policy, headroom_feeds).as_dict()
+                # Not a reason to try the next rung: a graph TensorRT cannot take fails the export.
+                ready = readiness.check_tensorrt_readiness(onnx.load(str(staging)), name, resolution)
         except (parity.ParityError, fp16.PrecisionError) as error:
-            attempt.setdefault("failure", str(error))
+            attempt["failure"] = str(error)
             log.warning("%s: FP16 policy %r rejected: %s", name, policy.name, error)
             continue
         if len(attempts) > 1:
@@ -276,7 +271,23 @@ def _fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path: Path,
                 "%s: FP16 needed policy %r (%s); see 'fp16.attempts' in the report",
                 name, policy.name, "; ".join(f"{k}: {v}" for k, v in policy.reasons.items() if k not in fp16.STATISTICS_OPS),
             )  # fmt: skip
-        return {"policy": policy.name, "attempts": attempts, **{k: attempt[k] for k in ("conversion", "parity", "headroom")}}
+        entry = {"policy": policy.name, "attempts": attempts, **{k: attempt[k] for k in ("conversion", "parity", "headroom")}}
+        return entry, ready
     raise parity.ParityError(
         f"{name}: no FP16 precision policy passes: " + " | ".join(f"{a['policy']['name']}: {a['failure']}" for a in attempts)
     )
+
+
+def _remove_stale_outputs(out_dir: Path, remove_plans: bool) -> None:
+    """Remove outputs of an earlier export that this one would not replace but would contradict.
+
+    The report goes first: it is written last, so a directory without one holds an unfinished
+    export. Engines go when none are built this time (they would not match the new ONNX files).
+    """
+    stale = [out_dir / REPORT_FILE]
+    if remove_plans:
+        stale += [out_dir / plan_file(name) for name in spec.NETWORKS]
+    for path in stale:
+        if path.exists():
+            log.warning("removing %s from an earlier export (it would not match this one)", path)
+            path.unlink()

@@ -30,10 +30,13 @@ MIN_TENSORRT_MAJOR = 10
 
 TIMING_CACHE_FILE = "timing.cache"
 CONTAINER_HINT = (
-    "run them inside NVIDIA's TensorRT container (nvcr.io/nvidia/tensorrt:<yy.mm>-py3) or Triton "
-    "container (nvcr.io/nvidia/tritonserver:<yy.mm>-py3) on the GPU that will serve the engines, from "
-    "the export directory, e.g. docker run --gpus all --rm -v \"$PWD\":/export -w /export <image> <command>"
+    "run them from the export directory inside NVIDIA's Triton container of the release that will serve "
+    "the engines (nvcr.io/nvidia/tritonserver:<yy.mm>-py3) or the TensorRT container of the same release "
+    "(nvcr.io/nvidia/tensorrt:<yy.mm>-py3), on the GPU model that will serve them (a plan is specific to "
+    "the TensorRT version and the GPU), e.g. docker run --gpus all --rm -v \"$PWD\":/export -w /export "
+    "<image> <command>"
 )
+"""Where the trtexec/polygraphy lines run; in the report and in the missing-TensorRT error."""
 
 
 class TensorRTUnavailableError(RuntimeError):
