@@ -24,12 +24,6 @@ from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
-from compositor.export.fp16 import PrecisionError
-from compositor.export.onnx_export import ExportError
-from compositor.export.parity import ParityError
-from compositor.export.pipeline import REPORT_FILE, export_all
-from compositor.export.readiness import ReadinessError
-from compositor.export.tensorrt import EngineBuildError, TensorRTUnavailableError
 from compositor.spec import DEFAULT_MAX_BATCH
 
 
@@ -56,6 +50,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    # The export chain pulls in ONNX tooling; imported here so 'compositor --help' stays quick.
+    from compositor.export.fp16 import PrecisionError
+    from compositor.export.onnx_export import ExportError
+    from compositor.export.parity import ParityError
+    from compositor.export.pipeline import export_all
+    from compositor.export.readiness import ReadinessError
+    from compositor.export.tensorrt import EngineBuildError, TensorRTUnavailableError
+
     networks = networks_from_args(args)
     weights = {
         "modnet_checkpoint": args.modnet_checkpoint,
@@ -74,6 +76,8 @@ def run(args) -> int:
 
 def summary(report: dict, out: Path) -> str:
     """A few lines for the terminal; the details are in the report."""
+    from compositor.export.pipeline import REPORT_FILE
+
     lines = [f"exported to {out} ({report['seconds']['total']:.0f} s); details in {out / REPORT_FILE}"]
     for name, entry in report["networks"].items():
         fp32 = max(
