@@ -253,6 +253,7 @@ class _AdaINStage(torch.nn.Module):
         return self.conv_out(self.adain(self.conv_in(features), mask, background_features))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's notice about its TorchScript exporter
 def test_naive_fp16_statistics_overflow_where_the_kept_fp32_statistics_stay_finite(tmp_path):
     """Activations around 300 (square 9e4 > FP16's 65504), evaluated with true FP16 arithmetic.
 
