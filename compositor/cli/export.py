@@ -6,7 +6,9 @@ compute, FP32 I/O, normalisation statistics in FP32), with --engines <name>.plan
 TensorRT engines, batch 1..--max-batch) and timing.cache, and export_report.json (parity errors
 against eager PyTorch, FP16 errors and PSNR, TensorRT readiness, trtexec/polygraphy commands).
 Without checkpoint options the default (seeded, untrained) weights of the local pipeline are
-exported, so exported models and `compositor composite --local` agree.
+exported, so exported models and `compositor composite --local` agree. A network that misses the
+FP16 tolerances with only its statistics in FP32 keeps more in FP32 along a fixed ladder (MODNet:
+its MobileNetV2 encoder, which the untrained weights need); the report records every attempt.
 
 Without TensorRT, --engines fails after writing the ONNX files and the report, and prints the
 trtexec command lines that build the same engines in NVIDIA's TensorRT or Triton container.
