@@ -30,14 +30,15 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-def peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+def peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     """Measured FP32 peak of this machine: the best of ``repeats`` ``size``x``size`` matrix products.
 
     The same thread count as the benchmarks (PyTorch's), so achieved/peak compares like with like.
     """
     a = torch.rand(size, size)
     b = torch.rand(size, size)
-    torch.mm(a, b)  # warm-up: thread pool and caches
+    for _ in range(3):  # warm-up: thread pool, caches, CPU frequency
+        torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()

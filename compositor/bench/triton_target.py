@@ -89,20 +89,24 @@ def statistics(url: str) -> dict[str, dict]:
     return stats
 
 
-def server_breakdown(before: dict, after: dict, requests: int) -> dict:
-    """Per-request server time (microseconds) per model between two ``statistics`` snapshots."""
+def server_breakdown(before: dict, after: dict) -> dict:
+    """Per-request server time (microseconds) per model between two ``statistics`` snapshots.
+
+    Averaged over the requests each model completed in between (all measurement windows), as
+    perf_analyzer averages its server-side fields.
+    """
     breakdown = {}
     for model, end in after.items():
         start = before.get(model, {})
         delta = {key: end[key] - start.get(key, 0) for key in end}
-        if not delta["success_count"]:
+        requests = delta["success_count"]
+        if not requests:
             continue
-        per = max(requests, 1)
         breakdown[model] = {
-            "perf_server_queue": delta["queue_ns"] / per / 1e3,
-            "perf_server_compute_input": delta["compute_input_ns"] / per / 1e3,
-            "perf_server_compute_infer": delta["compute_infer_ns"] / per / 1e3,
-            "perf_server_compute_output": delta["compute_output_ns"] / per / 1e3,
+            "perf_server_queue": delta["queue_ns"] / requests / 1e3,
+            "perf_server_compute_input": delta["compute_input_ns"] / requests / 1e3,
+            "perf_server_compute_infer": delta["compute_infer_ns"] / requests / 1e3,
+            "perf_server_compute_output": delta["compute_output_ns"] / requests / 1e3,
             "inference_count": delta["inference_count"],
             "execution_count": delta["execution_count"],
         }

@@ -1,0 +1,67 @@
+"""`compositor bench` end to end at a tiny resolution: eager, ONNX Runtime and a real Triton server."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from compositor.bench.report import markdown, ratios
+
+pytestmark = pytest.mark.triton
+
+REQUIRED = ("mode", "concurrency", "batch", "resolution", "perf_throughput", "perf_latency_p50", "perf_latency_p99")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run = subprocess.run(
+        [sys.executable, "-m", "compositor", "bench", "--quick", "--resolution", "64", "--concurrency", "1,2",
+         "--duration-s", "0.3", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"),
+         "--plot", str(out / "bench.png")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {"json": json.loads((out / "bench.json").read_text()), "folder": out, "stdout": run.stdout}
+
+
+def test_every_mode_reports_the_chain_at_each_concurrency_and_each_network_alone(report):
+    rows = report["json"]["results"]
+    seen = {(r["mode"], r["workload"], r["concurrency"]) for r in rows}
+    for mode in ("eager", "onnxruntime", "triton"):
+        assert {(mode, "chain", 1), (mode, "chain", 2)} <= seen
+        assert {(mode, name, 1) for name in ("matting", "blending", "harmonization")} <= seen
+    for row in rows:
+        assert all(key in row for key in REQUIRED), row
+        assert row["resolution"] == "64x64" and row["batch"] == 1
+        assert row["perf_throughput"] > 0
+        assert row["perf_latency_p50"] <= row["perf_latency_p90"] <= row["perf_latency_p95"] <= row["perf_latency_p99"]
+
+
+def test_the_header_names_the_machine_and_the_compute_floor(report):
+    data = report["json"]
+    machine = data["machine"]
+    assert machine["cpu_cores"] >= 1 and machine["threads"] >= 1 and machine["cpu_model"]
+    assert machine["peak_gflops"] > 0
+    assert set(data["compute"]["gflops_per_image"]) == {"chain", "matting", "blending", "harmonization"}
+    for row in data["results"]:
+        assert row["achieved_gflops"] == pytest.approx(row["perf_throughput"] * data["compute"]["gflops_per_image"][row["workload"]])
+
+
+def test_triton_rows_carry_the_server_side_breakdown_per_composing_model(report):
+    chain = [r for r in report["json"]["results"] if r["mode"] == "triton" and r["workload"] == "chain"]
+    for row in chain:
+        assert {"preprocess", "matting", "blending", "harmonization", "postprocess"} <= set(row["server"])
+        for model in row["server"].values():
+            assert model["perf_server_compute_infer"] > 0
+            assert model["perf_server_queue"] >= 0
+        assert row["server_peak_rss_mb"] > 0
+
+
+def test_ratios_markdown_and_plot_come_from_the_same_results(report):
+    data = report["json"]
+    assert data["ratios"] == ratios(data)
+    assert all(value > 0 for value in data["ratios"].values())
+    assert (report["folder"] / "bench.md").read_text() == markdown(data)
+    assert (report["folder"] / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
