@@ -9,16 +9,18 @@ Example:
   compositor bench --quick --json benchmarks/results/quick.json --markdown quick.md --plot quick.png
   compositor bench --modes onnxruntime,triton --concurrency 1,2,4 --duration-s 20 --json out.json
   compositor bench --modes triton --url 127.0.0.1:8001 --json remote.json   # a running server
+  benchmarks/cpu.sh     # the full run behind the README's table
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from compositor.bench.load import LoadSettings
-from compositor.bench.report import markdown, plot, write_json
+from compositor.bench.report import markdown, plot, readme_section, update_readme, write_json
 from compositor.bench.run import MODES, BenchSettings, run_benchmark
 from compositor.cli import subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
@@ -46,6 +48,7 @@ def register(subparsers) -> None:
     parser.add_argument("--json", required=True, type=Path, help="results JSON (always has `results`)")
     parser.add_argument("--markdown", type=Path, help="also write the results table as markdown")
     parser.add_argument("--plot", type=Path, help="also write a throughput/latency plot (PNG)")
+    parser.add_argument("--readme", type=Path, help="regenerate the performance section of this README from the results")
     add_network_options(parser)
     parser.set_defaults(handler=run)
 
@@ -54,7 +57,7 @@ def run(args) -> int:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     load = LoadSettings(
         window_s=args.duration_s or (QUICK["window_s"] if args.quick else 10.0),
-        min_requests=QUICK["min_requests"] if args.quick else 20,
+        min_requests=QUICK["min_requests"] if args.quick else 10,
         max_windows=QUICK["max_windows"] if args.quick else 4,
     )
     settings = BenchSettings(
@@ -80,5 +83,9 @@ def run(args) -> int:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(report, args.plot)
         print(f"wrote {args.plot}")
+    if args.readme:
+        relative = lambda path: os.path.relpath(path, args.readme.parent) if path else None  # noqa: E731
+        update_readme(args.readme, readme_section(report, relative(args.json), relative(args.plot)))
+        print(f"updated the performance section of {args.readme}")
     print(markdown(report))
     return 0
