@@ -4,7 +4,7 @@
 #   Triton server (127.0.0.1) -> composite scikit-image's astronaut onto a rocket launch pad through
 #   the gRPC client -> outputs + comparison image -> stop the server.
 # Ports: COMPOSITOR_HTTP_PORT / COMPOSITOR_GRPC_PORT / COMPOSITOR_METRICS_PORT (default 8000/8001/8002).
-# Resolution: COMPOSITOR_RESOLUTION (default 512).
+# Resolution: COMPOSITOR_RESOLUTION (default 512). Working folder: COMPOSITOR_WORKDIR (default artifacts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -17,7 +17,8 @@ resolution=${COMPOSITOR_RESOLUTION:-512}
 http_port=${COMPOSITOR_HTTP_PORT:-8000}
 grpc_port=${COMPOSITOR_GRPC_PORT:-8001}
 metrics_port=${COMPOSITOR_METRICS_PORT:-8002}
-work=artifacts/demo
+workdir=${COMPOSITOR_WORKDIR:-artifacts}
+work=$workdir/demo
 mkdir -p "$work/inputs"
 
 echo "== sample photos (shipped with scikit-image)"
@@ -35,11 +36,12 @@ print(write_image(folder / "rocket.png", skimage.data.rocket()))
 PY
 
 echo "== export (ONNX FP32 + FP16, parity checked)"
-compositor export --out artifacts/export --resolution "$resolution"
+compositor export --out "$workdir/export" --resolution "$resolution"
 
 echo "== model repository (python flavour)"
+# The committed model_repository/ is the 512x512 python flavour; other resolutions get their own.
 if [ "$resolution" = 512 ]; then repository=model_repository; else repository=$work/model_repository; fi
-compositor repository --onnx artifacts/export --out "$repository" --flavor python --resolution "$resolution"
+compositor repository --onnx "$workdir/export" --out "$repository" --flavor python --resolution "$resolution"
 
 echo "== Triton server on 127.0.0.1 (gRPC $grpc_port, HTTP $http_port)"
 compositor serve --repository "$repository" --grpc-port "$grpc_port" --http-port "$http_port" \

@@ -45,16 +45,6 @@ def exported(tmp_path_factory, default_networks):
     return out, result.report
 
 
-@pytest.fixture(scope="module")
-def nontrivial_networks():
-    networks = load_networks()
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for net in (networks.blending, networks.harmonization):
-            net.residual_head.weight.normal_(0.0, 0.2, generator=generator)
-    return networks
-
-
 def _io_types(model: onnx.ModelProto) -> dict[str, int]:
     return {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)}
 

@@ -17,14 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import skimage.data
-import torch
 
 from compositor import imaging
 from compositor.cli import main
 from compositor.client.remote import ClientError, CompositorClient, ModelNotReadyError, RequestTimeoutError
 from compositor.export.onnx_export import export_fp32
 from compositor.export.wrappers import contract_models
-from compositor.networks.factory import load_networks
 from compositor.pipeline import EagerPipeline
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository
@@ -47,13 +45,8 @@ PROTOCOLS = ("grpc", "http")
 
 
 @pytest.fixture(scope="module")
-def networks():
-    networks = load_networks()
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for net in (networks.blending, networks.harmonization):
-            net.residual_head.weight.normal_(0.0, 0.2, generator=generator)
-    return networks
+def networks(nontrivial_networks):
+    return nontrivial_networks
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,17 @@ starts at zero, so an untrained net is exactly linear blending.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from compositor.networks.layers import ConvBlock, linear_composite, upsample_to, zero_initialised_conv
+from compositor.networks.layers import (
+    ConvBlock,
+    UNetEncoder,
+    decoder_pairs,
+    linear_composite,
+    unet_widths,
+    upsample_to,
+    zero_initialised_conv,
+)
 
 
 class BlendingUNet(nn.Module):
@@ -27,28 +34,15 @@ class BlendingUNet(nn.Module):
         super().__init__()
         # Recorded so saved weights can rebuild the architecture (networks/weights.py).
         self.hyperparameters = {"base_channels": base_channels, "levels": levels}
-        if levels < 2:
-            raise ValueError(f"levels must be >= 2, got {levels}")
-        widths = [base_channels * 2**i for i in range(levels)]
-        self.encoders = nn.ModuleList()
-        in_channels = 7
-        for width in widths:
-            self.encoders.append(ConvBlock(in_channels, width))
-            in_channels = width
-        self.decoders = nn.ModuleList(
-            ConvBlock(deep + skip, skip) for deep, skip in zip(widths[:0:-1], widths[-2::-1])
-        )
+        widths = unet_widths(base_channels, levels)
+        self.encoders = UNetEncoder(7, widths)
+        self.decoders = nn.ModuleList(ConvBlock(deep + skip, skip) for deep, skip in decoder_pairs(widths))
         self.residual_head = zero_initialised_conv(widths[0], 3)
 
     def forward(self, source: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
         """Blend ``source`` onto ``background`` (all [B, C, H, W] in [0, 1]); returns [B, 3, H, W]."""
-        features = torch.cat([source, alpha, background], dim=1)
-        skips = []
-        for index, encoder in enumerate(self.encoders):
-            if index:
-                features = F.max_pool2d(features, 2)
-            features = encoder(features)
-            skips.append(features)
+        skips = self.encoders(torch.cat([source, alpha, background], dim=1))
+        features = skips[-1]
         for decoder, skip in zip(self.decoders, reversed(skips[:-1])):
             features = decoder(torch.cat([upsample_to(features, skip), skip], dim=1))
         residual = self.residual_head(features)

@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compositor.networks.layers import ConvBlock, upsample_to, zero_initialised_conv
+from compositor.networks.layers import (
+    ConvBlock,
+    UNetEncoder,
+    decoder_pairs,
+    unet_widths,
+    upsample_to,
+    zero_initialised_conv,
+)
 
 STATISTICS_EPS = 1e-5
 
@@ -78,22 +85,16 @@ class HarmonizationUNet(nn.Module):
         super().__init__()
         # Recorded so saved weights can rebuild the architecture (networks/weights.py).
         self.hyperparameters = {"base_channels": base_channels, "levels": levels}
-        if levels < 2:
-            raise ValueError(f"levels must be >= 2, got {levels}")
-        widths = [base_channels * 2**i for i in range(levels)]
-        self.encoders = nn.ModuleList()
-        in_channels = 4
-        for width in widths:
-            self.encoders.append(ConvBlock(in_channels, width))
-            in_channels = width
-        decoder_pairs = list(zip(widths[:0:-1], widths[-2::-1]))  # (deep, skip), deepest first
-        first_gated = len(decoder_pairs) - self.attention_levels
+        widths = unet_widths(base_channels, levels)
+        self.encoders = UNetEncoder(4, widths)
+        pairs = decoder_pairs(widths)
+        first_gated = len(pairs) - self.attention_levels
         self.attention_gates = nn.ModuleList(
             AttentionGate(deep + skip) if index >= first_gated else nn.Identity()
-            for index, (deep, skip) in enumerate(decoder_pairs)
+            for index, (deep, skip) in enumerate(pairs)
         )
-        self.decoders = nn.ModuleList(ConvBlock(deep + skip, skip) for deep, skip in decoder_pairs)
-        self.background_encoders = nn.ModuleList(BackgroundEncoder(skip) for _, skip in decoder_pairs)
+        self.decoders = nn.ModuleList(ConvBlock(deep + skip, skip) for deep, skip in pairs)
+        self.background_encoders = nn.ModuleList(BackgroundEncoder(skip) for _, skip in pairs)
         self.adain = MaskedAdaIN()
         self.residual_head = zero_initialised_conv(widths[0], 3)
 
@@ -103,13 +104,8 @@ class HarmonizationUNet(nn.Module):
         All inputs are [B, C, H, W] in [0, 1]; H and W divisible by 2**(levels - 1).
         Returns the harmonized composite, [B, 3, H, W] in [0, 1].
         """
-        features = torch.cat([composite, mask], dim=1)
-        skips = []
-        for index, encoder in enumerate(self.encoders):
-            if index:
-                features = F.max_pool2d(features, 2)
-            features = encoder(features)
-            skips.append(features)
+        skips = self.encoders(torch.cat([composite, mask], dim=1))
+        features = skips[-1]
         decoder_stages = zip(self.decoders, self.attention_gates, self.background_encoders, reversed(skips[:-1]))
         for decoder, gate, background_encoder, skip in decoder_stages:
             features = decoder(gate(torch.cat([upsample_to(features, skip), skip], dim=1)))

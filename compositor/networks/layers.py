@@ -21,6 +21,37 @@ class ConvBlock(nn.Sequential):
         )
 
 
+class UNetEncoder(nn.ModuleList):
+    """``ConvBlock`` per level at full, 1/2, 1/4 ... resolution, max pooling between levels.
+
+    ``forward`` returns every level's features, finest first: the decoder's skip connections.
+    """
+
+    def __init__(self, in_channels: int, widths: list[int]):
+        super().__init__(ConvBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths))
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        levels = []
+        for index, block in enumerate(self):
+            if index:
+                features = F.max_pool2d(features, 2)
+            features = block(features)
+            levels.append(features)
+        return levels
+
+
+def unet_widths(base_channels: int, levels: int) -> list[int]:
+    """Channels per encoder level: ``base_channels`` doubled at each of the ``levels - 1`` poolings."""
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    return [base_channels * 2**i for i in range(levels)]
+
+
+def decoder_pairs(widths: list[int]) -> list[tuple[int, int]]:
+    """(deep, skip) channels of each decoder level, deepest first."""
+    return list(zip(widths[:0:-1], widths[-2::-1]))
+
+
 def upsample_to(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Bilinearly resize ``features`` to the spatial size of ``reference``.
 

@@ -7,32 +7,15 @@ parameter names; ``alpha``, the client's matte, is optional). Outputs are cast t
 of the config. Not batched across requests: every request has its own frame size.
 """
 
-import json
-
 import triton_python_backend_utils as pb_utils
 
 from compositor import imaging
+from compositor.serving.python_models.stage import StageModel
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.input_names = [t["name"] for t in config["input"]]
-        self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
-
-    def execute(self, requests):
-        return [self._run(request) for request in requests]
-
-    def _run(self, request):
-        inputs = {}
-        for name in self.input_names:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:  # optional inputs (alpha) may be absent
-                inputs[name] = tensor.as_numpy()
-        try:
-            results = imaging.postprocess(**inputs)
-        except ValueError as error:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+class TritonPythonModel(StageModel):
+    def run(self, request, inputs):
+        results = imaging.postprocess(**inputs)
         # Only what the ensemble asked for: with the client's matte, alpha would only echo it.
         wanted = set(request.requested_output_names()) or set(self.outputs)
         tensors = [

@@ -11,38 +11,24 @@ request has its own frame size. A bad request (RGBA source, matte of the wrong s
 the limit...) gets an error response naming the problem; the other requests and the server go on.
 """
 
-import json
-
 import triton_python_backend_utils as pb_utils
 
 from compositor import imaging
+from compositor.serving.python_models.stage import StageModel
 from compositor.serving.stages import PREPARED_FIELDS
 from compositor.spec import parse_resolution
 
 
-class TritonPythonModel:
+class TritonPythonModel(StageModel):
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.input_names = [t["name"] for t in config["input"]]
-        self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}
+        super().initialize(args)
         unknown = set(self.outputs) - set(PREPARED_FIELDS)
         if unknown:
             raise pb_utils.TritonModelException(f"preprocess: config outputs {sorted(unknown)} are not produced by imaging.preprocess")
-        self.resolution = parse_resolution(config["parameters"]["resolution"]["string_value"])
+        self.resolution = parse_resolution(self.config["parameters"]["resolution"]["string_value"])
 
-    def execute(self, requests):
-        return [self._run(request) for request in requests]
-
-    def _run(self, request):
-        inputs = {}
-        for name in self.input_names:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:  # optional inputs (alpha) may be absent
-                inputs[name] = tensor.as_numpy()
-        try:
-            prepared = imaging.preprocess(resolution=self.resolution, **inputs)
-        except ValueError as error:  # imaging.ImageError: the client's data, not the server, is at fault
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+    def run(self, request, inputs):
+        prepared = imaging.preprocess(resolution=self.resolution, **inputs)
         tensors = []
         for name, dtype in self.outputs.items():
             value = getattr(prepared, PREPARED_FIELDS[name])
