@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU benchmark: eager FP32 vs eager FP16 (autocast) vs torch.compile on CUDA, each network alone
+# and the network chain, 512x512, batches 1 and 8; TensorRT engines too when TensorRT is installed
+# (otherwise recorded as skipped, with the reason). One JSON file; under 8 minutes on one H100.
+#
+# Needs only what a CUDA machine with PyTorch has: python3, torch (CUDA build), numpy; safetensors for
+# checkpoints; onnx, onnxruntime and onnxscript for the TensorRT export. Nothing is downloaded or
+# installed: the package runs from this checkout (PYTHONPATH), so copying the repository is enough.
+#
+#   benchmarks/gpu.sh                                   # -> benchmarks/results/gpu.json
+#   OUT=/tmp/results benchmarks/gpu.sh --batches 1,4,8  # extra arguments: python3 -m compositor.bench.gpu --help
+#   PYTHON=.venv/bin/python benchmarks/gpu.sh --device cpu --resolution 64 --batches 1 --iterations 2  # dry run
+#
+# With the project's device tool, which copies this working tree to the GPU machine and brings back
+# what the command writes under $OUT: run `benchmarks/gpu.sh` with a timeout of about 540 s. Then
+# commit $OUT/gpu.json as benchmarks/results/gpu-<gpu-name>.json (e.g. gpu-h100.json) and
+# $OUT/nvidia-smi.txt as benchmarks/results/nvidia-smi-<gpu-name>.txt.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+out_dir="${OUT:-benchmarks/results}"
+mkdir -p "$out_dir"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  # The driver, clocks and other processes on the GPU at the time of the run, next to the results.
+  nvidia-smi >"$out_dir/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed (see $out_dir/nvidia-smi.txt)" >&2
+fi
+PYTHONPATH="$PWD" exec "${PYTHON:-python3}" -m compositor.bench.gpu --out "$out_dir/gpu.json" "$@"

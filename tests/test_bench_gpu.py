@@ -1,0 +1,118 @@
+"""The GPU benchmark's command line, dry-run on the CPU: the real CLI as a subprocess, tiny settings.
+
+The CUDA measurements themselves run on a GPU machine (benchmarks/gpu.sh); here the plumbing, the
+JSON fields, the CUDA error and the TensorRT skip are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compositor.export import tensorrt
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+OUTPUTS = {"matting": {"alpha"}, "blending": {"blended"}, "harmonization": {"harmonized"}, "chain": {"alpha", "blended", "harmonized"}}
+DRY_RUN = ["--device", "cpu", "--resolution", "64", "--batches", "1", "--iterations", "2", "--warmup", "1"]
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "compositor.bench.gpu", *arguments],
+        check=False, capture_output=True, text=True, cwd=REPOSITORY, env=_environment(), timeout=120,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path_factory.mktemp("gpu") / "x.json"
+    result = run_cli(*DRY_RUN, "--modes", "eager_fp32,eager_fp16", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return result, json.loads(out.read_text())
+
+
+def test_dry_run_writes_one_row_per_mode_and_workload_with_perf_analyzer_fields(dry_run):
+    _, report = dry_run
+
+    assert {"machine", "settings", "results", "skipped", "wall_time_s"} <= report.keys()
+    assert report["complete"] is True and report["errors"] == [] and report["skipped"] == []
+    assert report["machine"]["torch"] == torch.__version__ and report["machine"]["peak_tflops"]["fp32"] > 0
+    assert report["settings"]["resolution"] == "64x64" and report["settings"]["batches"] == [1]
+    rows = {(r["mode"], r["workload"]) for r in report["results"]}
+    assert rows == {(m, w) for m in ("eager_fp32", "eager_fp16") for w in ("matting", "blending", "harmonization", "chain")}
+    for row in report["results"]:
+        percentiles = [row[f"perf_latency_p{p}"] for p in (50, 90, 95, 99)]
+        assert percentiles == sorted(percentiles) and percentiles[0] > 0
+        assert row["perf_throughput"] > 0 and row["achieved_tflops"] > 0
+        assert (row["batch"], row["resolution"], row["iterations"], row["warmup"]) == (1, "64x64", 2, 1)
+        assert row["peak_memory_mb"] is None  # PyTorch's CUDA allocator only
+
+
+def test_fp16_rows_carry_their_difference_from_fp32_on_every_output(dry_run):
+    _, report = dry_run
+
+    for row in report["results"]:
+        accuracy = row["accuracy_vs_eager_fp32"]
+        if row["mode"] == "eager_fp32":
+            assert accuracy is None  # the reference itself
+            continue
+        assert set(accuracy) == OUTPUTS[row["workload"]]
+        for output in accuracy.values():
+            assert output["finite"] is True
+            assert 0 <= output["max_abs_error"] < 0.1
+            assert output["psnr_db"] is None or output["psnr_db"] > 30  # None: identical outputs
+
+
+def test_dry_run_prints_the_table_and_progress_with_elapsed_time(dry_run):
+    result, _ = dry_run
+
+    assert "eager_fp16   chain" in result.stdout and "accuracy vs FP32" in result.stdout
+    assert "] eager_fp32   matting" in result.stderr and " s] " in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda would run")
+def test_device_cuda_without_cuda_exits_2_naming_cuda(tmp_path):
+    result = run_cli("--out", str(tmp_path / "x.json"), "--iterations", "1")
+
+    assert result.returncode == 2
+    assert "torch.cuda.is_available() is False" in result.stderr and "torch.version.cuda" in result.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_gpu_sh_records_tensorrt_and_cpu_inductor_as_skipped_with_their_reasons(tmp_path):
+    result = subprocess.run(
+        [str(REPOSITORY / "benchmarks" / "gpu.sh"), *DRY_RUN, "--modes", "compile_fp16,tensorrt"],
+        check=False, capture_output=True, text=True, env={**_environment(), "OUT": str(tmp_path), "PYTHON": sys.executable}, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    reasons = {entry["mode"]: entry["reason"] for entry in report["skipped"]}
+    missing = tensorrt.unavailable_reason()
+    expected = f"TensorRT not installed: {missing}" if missing else "TensorRT engines run on CUDA only (--device cpu)"
+    assert reasons["tensorrt"] == expected
+    assert "inductor" in reasons["compile_fp16"] and "--compile-backend eager" in reasons["compile_fp16"]
+    assert report["results"] == [] and report["complete"] is True
+    assert "skipped tensorrt: TensorRT" in result.stdout
+
+
+def test_compile_mode_runs_through_dynamo_and_records_its_compile_time(tmp_path):
+    # The eager backend traces with dynamo but generates no code: the plumbing in seconds.
+    out = tmp_path / "x.json"
+    result = run_cli(*DRY_RUN, "--modes", "compile_fp16", "--compile-backend", "eager", "--workloads", "blending", "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["mode"], row["workload"]) == ("compile_fp16", "blending")
+    assert row["compile_s"] == row["first_call_s"] > 0
+    assert row["accuracy_vs_eager_fp32"]["blended"]["finite"] is True
