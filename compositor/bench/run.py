@@ -125,6 +125,10 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
             for workload in workloads:
                 levels = settings.concurrency if workload.workload == CHAIN else (1,)
                 plan += [(workload, level, url, pid) for level in levels]
+        # Modes take turns at each (workload, concurrency): the numbers a ratio compares are measured
+        # minutes apart, not a whole mode apart, so drift in a shared or throttled machine's speed
+        # (seen here: +-20% over minutes) does not masquerade as a difference between runtimes.
+        plan.sort(key=lambda item: (workload_names.index(item[0].workload), item[1], settings.modes.index(item[0].mode)))
         for workload, level, url, pid in tqdm(plan, desc="bench", unit="run"):
             load = LoadSettings(**{**settings.load.__dict__, "concurrency": level})
             before = triton_target.statistics(url) if url else None
@@ -137,11 +141,14 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
                 top = breakdown.get(triton_target.ENSEMBLE if workload.workload == CHAIN else workload.workload, {})
                 row.update({key: value for key, value in top.items() if key.startswith("perf_server")})
                 row["server_peak_rss_mb"] = memory.peak_bytes / 2**20 if pid else None
+            row["measured_at_s"] = round(time.perf_counter() - started, 1)
             report["results"].append(row)
             tqdm.write(
                 f"{workload.mode:<12}{workload.workload:<14}c={level:<3}{row['perf_throughput']:8.2f} img/s  "
                 f"p50 {row['perf_latency_p50']:7.0f} ms  p99 {row['perf_latency_p99']:7.0f} ms"
             )
+    # Listed by workload, then mode, then concurrency; measured_at_s keeps the measuring order.
+    report["results"].sort(key=lambda r: (workload_names.index(r["workload"]), settings.modes.index(r["mode"]), r["concurrency"]))
     report["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["ratios"] = ratios(report)
     report["wall_time_s"] = time.perf_counter() - started
