@@ -393,7 +393,7 @@ def tensorrt_forwards(settings: GpuBenchSettings, device: torch.device, work_dir
     from compositor.export import parity, tensorrt
     from compositor.export.onnx_export import export_fp32
     from compositor.export.pipeline import (
-        _fp16_with_ladder,
+        export_fp16_with_ladder,
         fp16_file,
         fp32_file,
         plan_file,
@@ -408,7 +408,7 @@ def tensorrt_forwards(settings: GpuBenchSettings, device: torch.device, work_dir
         started = time.perf_counter()
         fp32_path, fp16_path, plan_path = work_dir / fp32_file(name), work_dir / fp16_file(name), work_dir / plan_file(name)
         export_fp32(model, name, fp32_path, settings.resolution)
-        fp16_entry, _ = _fp16_with_ladder(name, model, onnx.load(str(fp32_path)), fp32_path, fp16_path, feeds, settings.resolution)
+        fp16_entry, _ = export_fp16_with_ladder(name, model, onnx.load(str(fp32_path)), fp32_path, fp16_path, feeds, settings.resolution)
         profiles = spec.tensorrt_profiles(spec.NETWORKS[name], settings.resolution, max_batch)
         build = tensorrt.build_engine(fp16_path, plan_path, name, profiles, work_dir / tensorrt.TIMING_CACHE_FILE)
         forwards[name] = TensorRTForward(trt, plan_path.read_bytes(), name, device)

@@ -161,7 +161,7 @@ def export_all(
         files.append(fp32_path)
 
         with progress.step(f"{name}: FP16 ONNX: mixed precision, parity, headroom, TensorRT readiness"):
-            entry["fp16"], entry["tensorrt_readiness"]["fp16"] = _fp16_with_ladder(
+            entry["fp16"], entry["tensorrt_readiness"]["fp16"] = export_fp16_with_ladder(
                 name, model, fp32_model, fp32_path, fp16_path, feeds, resolution
             )
         files.append(fp16_path)
@@ -244,7 +244,7 @@ def _network_entry(name: str, resolution: tuple[int, int], max_batch: int) -> di
     }
 
 
-def _fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path: Path, feeds, resolution) -> tuple[dict, dict]:
+def export_fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path: Path, feeds, resolution) -> tuple[dict, dict]:
     """Walk the precision ladder; write ``fp16_path`` with the first rung that passes every check.
 
     Returns:
