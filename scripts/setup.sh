@@ -19,7 +19,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 echo "setup: installing pinned dependencies (requirements.lock)"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.lock
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+# This machine's pip configuration names local package mirrors that lack some folders; pip warns
+# once per package about each. Those lines say nothing about the install, so they are dropped.
+quiet_pip() {
+  "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+quiet_pip install --quiet --disable-pip-version-check -r requirements.lock
+quiet_pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 echo "$want" > "$STAMP"
 echo "setup: done ($VENV)"
