@@ -98,13 +98,14 @@ def test_committed_model_repository_is_what_the_generator_writes_for_the_python_
     assert not mismatched, f"stale files in model_repository/: {mismatched}"
 
 
-def test_python_models_in_the_repository_are_exact_copies_of_the_package_sources(tmp_path):
+def test_python_models_in_the_repository_import_their_class_from_the_package(tmp_path):
     generate_repository(tmp_path / "repo", RepositoryOptions(), configs_only=True)
     sources = ROOT / "compositor" / "serving" / "python_models"
-    assert (tmp_path / "repo/preprocess/1/model.py").read_text() == (sources / "preprocess.py").read_text()
-    assert (tmp_path / "repo/postprocess/1/model.py").read_text() == (sources / "postprocess.py").read_text()
-    for name in NETWORKS:
-        assert (tmp_path / f"repo/{name}/1/model.py").read_text() == (sources / "onnxruntime_network.py").read_text()
+    expected = {"preprocess": "preprocess", "postprocess": "postprocess", **{name: "onnxruntime_network" for name in NETWORKS}}
+    for model, module in expected.items():
+        text = (tmp_path / f"repo/{model}/1/model.py").read_text()
+        assert f"from compositor.serving.python_models.{module} import TritonPythonModel" in text
+        assert "class TritonPythonModel" in (sources / f"{module}.py").read_text()
 
 
 # --- Config content -----------------------------------------------------------------------------

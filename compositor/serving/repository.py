@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from compositor.serving.configs import VERSION, RepositoryOptions, repository_configs, to_pbtxt
@@ -33,12 +32,23 @@ MODEL_FILE = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "
 EXPORT_SUFFIX = {"python": ".onnx", "onnxruntime": ".onnx", "tensorrt": ".plan"}
 """Suffix of a network's file in the export directory (``matting.onnx``, ``matting.plan``)."""
 
-PYTHON_MODEL_SOURCES = {
-    PREPROCESS.name: "preprocess.py",
-    POSTPROCESS.name: "postprocess.py",
-    **{name: "onnxruntime_network.py" for name in NETWORKS},
+PYTHON_MODEL_MODULES = {
+    PREPROCESS.name: "preprocess",
+    POSTPROCESS.name: "postprocess",
+    **{name: "onnxruntime_network" for name in NETWORKS},
 }
-"""Model -> its source in ``compositor/serving/python_models/`` (networks: ``python`` flavour only)."""
+"""Model -> its module in ``compositor/serving/python_models/`` (networks: ``python`` flavour only)."""
+
+PYTHON_MODEL_SHIM = '''"""Triton Python-backend model {model!r}.
+
+The code is ``compositor.serving.python_models.{module}`` in the installed ``compositor`` package
+(which the server's Python environment needs anyway: every stage imports its pre/post-processing).
+"""
+
+from compositor.serving.python_models.{module} import TritonPythonModel  # noqa: F401 - Triton looks it up
+'''
+"""The ``model.py`` written into the repository: one import, so the three networks (and every
+deployment) share one source instead of copies that could drift."""
 
 # Files a generated model directory may hold; any other flavour's leftovers are removed.
 _GENERATED_FILES = ("model.py", "model.onnx", "model.plan")
@@ -70,9 +80,9 @@ class GeneratedRepository:
     model_files_missing: list[str] = field(default_factory=list)
 
 
-def python_model_source(filename: str) -> str:
-    """Text of a Python-backend model source shipped in ``compositor.serving.python_models``."""
-    return resources.files("compositor.serving.python_models").joinpath(filename).read_text(encoding="utf-8")
+def python_model_shim(model: str) -> str:
+    """Text of ``<model>/1/model.py``: an import of the model's class from the package."""
+    return PYTHON_MODEL_SHIM.format(model=model, module=PYTHON_MODEL_MODULES[model])
 
 
 def uses_python_model(model: str, flavor: str) -> bool:
@@ -175,7 +185,7 @@ def generate_repository(
 
         result.files.append(_write_text(out / name / "config.pbtxt", header + text))
         if uses_python_model(name, options.flavor):
-            result.files.append(_write_text(version_dir / "model.py", python_model_source(PYTHON_MODEL_SOURCES[name])))
+            result.files.append(_write_text(version_dir / "model.py", header + python_model_shim(name)))
         if name in NETWORKS:
             target = version_dir / MODEL_FILE[options.flavor]
             if name in model_files:

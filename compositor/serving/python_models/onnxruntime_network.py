@@ -1,6 +1,6 @@
 """Triton Python-backend model running one network (matting, blending or harmonization) in ONNX Runtime.
 
-The ``python`` repository flavour copies this file as ``<network>/1/model.py`` next to the FP32
+In the ``python`` repository flavour, ``<network>/1/model.py`` imports this class; next to it lies the FP32
 ``model.onnx``. Tensor names and dtypes come from the model's own ``config.pbtxt`` (generated from
 ``compositor.spec``), and ``initialize`` checks that the ONNX graph has the same inputs, at the
 same network resolution, so a stale or mismatched export fails at load time with a clear message.

@@ -1,6 +1,6 @@
 """Triton Python-backend model ``postprocess``: residual upsampling back to the source canvas.
 
-Copied into the repository as ``postprocess/1/model.py``. It calls
+Served through the repository's ``postprocess/1/model.py``, which imports this class. It calls
 ``compositor.imaging.postprocess`` unchanged, the very function the eager pipeline calls, passing
 every input of this model's config by name (the config's input names are that function's
 parameter names; ``alpha``, the client's matte, is optional). Outputs are cast to the data types

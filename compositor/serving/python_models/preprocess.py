@@ -1,6 +1,6 @@
 """Triton Python-backend model ``preprocess``: validate a request and bring it to the network resolution.
 
-Copied into the repository as ``preprocess/1/model.py``. It calls ``compositor.imaging.preprocess``
+Served through the repository's ``preprocess/1/model.py``, which imports this class. It calls ``compositor.imaging.preprocess``
 unchanged, the very function the eager pipeline calls, with the request's tensors named as in this
 model's config (``source``, ``background`` and the optional ``alpha``). The network resolution is
 the config parameter ``resolution``.

@@ -1,7 +1,7 @@
 """What the ``preprocess`` and ``postprocess`` Python-backend models share: reading a request's
 tensors by the names in the model's own config, and answering bad input with an error response.
 
-Imported (not copied) by their ``model.py`` files; it needs ``triton_python_backend_utils`` and so
+Imported by those models; it needs ``triton_python_backend_utils`` and so
 only imports inside Triton's Python-backend stub.
 """
 
