@@ -21,19 +21,11 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
-from compositor.cli.options import add_network_options, networks_from_args
+from compositor.cli.options import add_network_options, networks_from_args, positive_int
 from compositor.spec import DEFAULT_MAX_BATCH
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -42,7 +34,7 @@ def register(subparsers) -> None:
     add_network_options(parser)
     parser.add_argument(
         "--max-batch",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_BATCH,
         metavar="N",
         help=f"largest batch: TensorRT profile max and Triton max_batch_size (default {DEFAULT_MAX_BATCH})",

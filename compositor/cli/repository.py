@@ -16,12 +16,11 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from compositor.cli import subcommand_parser
-from compositor.cli.options import add_resolution_option
+from compositor.cli.options import add_resolution_option, non_negative_int, positive_int
 from compositor.serving.configs import (
     DEFAULT_INTRA_OP_THREADS,
     DEFAULT_MAX_QUEUE_DELAY_US,
@@ -34,31 +33,17 @@ from compositor.spec import DEFAULT_MAX_BATCH, format_resolution
 log = logging.getLogger(__name__)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def register(subparsers) -> None:
     parser = subcommand_parser(subparsers, __name__, __doc__)
     parser.add_argument("--onnx", type=Path, metavar="DIR", help="export directory with <name>.onnx / <name>.plan")
     parser.add_argument("--out", type=Path, default=Path("model_repository"), help="repository directory (default model_repository)")
     parser.add_argument("--flavor", choices=FLAVORS, default="python", help="how the networks run (default python)")
-    parser.add_argument("--instances", type=_positive, default=1, metavar="N", help="instances per model (default 1)")
-    parser.add_argument("--max-batch", type=_positive, default=DEFAULT_MAX_BATCH, metavar="B",
+    parser.add_argument("--instances", type=positive_int, default=1, metavar="N", help="instances per model (default 1)")
+    parser.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH, metavar="B",
                         help=f"max_batch_size of every model (default {DEFAULT_MAX_BATCH})")
-    parser.add_argument("--max-queue-delay-us", type=_non_negative, default=DEFAULT_MAX_QUEUE_DELAY_US, metavar="U",
+    parser.add_argument("--max-queue-delay-us", type=non_negative_int, default=DEFAULT_MAX_QUEUE_DELAY_US, metavar="U",
                         help=f"dynamic-batcher queue delay of the networks (default {DEFAULT_MAX_QUEUE_DELAY_US})")
-    parser.add_argument("--intra-op-threads", type=_non_negative, default=DEFAULT_INTRA_OP_THREADS, metavar="T",
+    parser.add_argument("--intra-op-threads", type=non_negative_int, default=DEFAULT_INTRA_OP_THREADS, metavar="T",
                         help=f"ONNX Runtime intra-op threads per network instance on CPU, 0 = all cores (default {DEFAULT_INTRA_OP_THREADS})")
     parser.add_argument("--trt-accelerator", action="store_true",
                         help="onnxruntime flavour: run on GPU with the TensorRT execution accelerator in FP16")
