@@ -128,6 +128,14 @@ def test_find_triton_picks_the_stub_of_this_python():
     assert env["LD_LIBRARY_PATH"].endswith(":/opt/lib")
 
 
+def test_the_server_keeps_freed_memory_in_the_heap_unless_the_caller_says_otherwise():
+    installation = find_triton()
+    env = installation.environment({"PATH": "/usr/bin"})
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
+    assert env["MALLOC_TRIM_THRESHOLD_"] == str(512 * 2**20)
+    assert installation.environment({"PATH": "/usr/bin", "MALLOC_MMAP_THRESHOLD_": "4096"})["MALLOC_MMAP_THRESHOLD_"] == "4096"
+
+
 def test_a_python_without_a_stub_is_a_clear_error(tmp_path):
     (tmp_path / "3.11").mkdir()
     (tmp_path / "3.12").mkdir()
