@@ -1,5 +1,6 @@
 """The README's two commands, as a new user meets them."""
 
+import json
 import os
 import re
 import subprocess
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from compositor.bench.report import readme_section
 from compositor.serving.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +47,9 @@ def test_the_demo_runs_end_to_end_and_writes_the_composite(tmp_path):
     assert np.asarray(Image.open(output / "harmonized.png")).shape == (512, 512, 3)  # astronaut's size
     assert Image.open(output / "comparison.png").width > 5 * 300
     assert "done in" in run.stdout
+
+
+def test_the_readme_performance_section_is_generated_from_the_committed_results():
+    results = json.loads((ROOT / "benchmarks" / "results" / "cpu.json").read_text())
+    section = readme_section(results, "benchmarks/results/cpu.json", "benchmarks/results/cpu.png")
+    assert section in (ROOT / "README.md").read_text(), "regenerate with benchmarks/cpu.sh (or compositor bench --readme)"
