@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from compositor.files import atomic_path
 from compositor.spec import MAX_IMAGE_SIDE
 
 
@@ -108,9 +109,8 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     """Write a uint8 ``[H, W, 3]`` or ``[H, W, 1]`` image atomically (temporary file, then rename)."""
     path = Path(path)
     array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-    partial = path.with_name(f".{path.name}.partial")
-    Image.fromarray(array).save(partial, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
-    partial.replace(path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(array).save(temporary, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     return path
 
 

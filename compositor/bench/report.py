@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -11,14 +10,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 from compositor.bench.workloads import CHAIN  # noqa: E402
-
-
-def write_json(report: dict, path: Path) -> Path:
-    """Write atomically (temporary file, then rename)."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    partial.replace(path)
-    return path
+from compositor.files import atomic_path, write_text  # noqa: E402
 
 
 def chain_rows(report: dict) -> list[dict]:
@@ -95,10 +87,9 @@ def plot(report: dict, path: Path) -> Path:
     header = report["machine"]
     figure.suptitle(f"{header['cpu_model']}, {header['cpu_cores']} cores, {report['settings']['resolution']}", fontsize=9)
     figure.tight_layout()
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
-    partial.replace(path)
     return path
 
 
@@ -120,5 +111,4 @@ def update_readme(readme: Path, section: str) -> Path:
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         raise ValueError(f"{readme} has no performance markers ({README_START} ... {README_END})")
-    readme.write_text(text[:start] + section + text[end + len(README_END):])
-    return readme
+    return write_text(readme, text[:start] + section + text[end + len(README_END):])

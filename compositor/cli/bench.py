@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 
 from compositor.bench.load import LoadSettings
-from compositor.bench.report import markdown, plot, readme_section, update_readme, write_json
+from compositor.bench.report import markdown, plot, readme_section, update_readme
 from compositor.bench.run import MODES, BenchSettings, run_benchmark
 from compositor.cli import subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
+from compositor.files import write_json
 
 QUICK = {"concurrency": (1, 2), "window_s": 3.0, "min_requests": 5, "max_windows": 3}
 
@@ -73,7 +74,7 @@ def run(args) -> int:
     command = "compositor " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith(("compositor", "__main__.py")) else ""
     report = run_benchmark(networks_from_args(args), settings, command=command)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    write_json(report, args.json)
+    write_json(args.json, report)
     print(f"wrote {args.json}")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from compositor.export.files import atomic_path
+from compositor.files import atomic_path
 from compositor.networks.harmonization import MaskedAdaIN
 from compositor.networks.modnet import MobileNetV2Backbone
 

@@ -28,7 +28,7 @@ from onnxscript.optimizer import _constant_folding as constant_folding
 from torch import nn
 
 from compositor import spec
-from compositor.export.files import atomic_path
+from compositor.files import atomic_path
 
 log = logging.getLogger(__name__)
 

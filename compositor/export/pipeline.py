@@ -36,7 +36,7 @@ import torch
 
 from compositor import spec
 from compositor.export import fp16, headroom, parity, readiness, tensorrt
-from compositor.export.files import atomic_path, write_json
+from compositor.files import atomic_path, write_json
 from compositor.export.onnx_export import export_fp32
 from compositor.export.wrappers import contract_models
 from compositor.networks.factory import Networks

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from compositor import spec
-from compositor.export.files import write_bytes
+from compositor.files import write_bytes
 
 log = logging.getLogger(__name__)
 

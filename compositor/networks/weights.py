@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from compositor.files import atomic_path
 from compositor.networks.blending import BlendingUNet
 from compositor.networks.harmonization import HarmonizationUNet
 
@@ -44,9 +45,8 @@ def save_network(model: nn.Module, path: str | Path, provenance: dict | None = N
         "provenance": json.dumps(provenance or {}),
     }
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    partial.replace(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 

@@ -20,6 +20,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compositor.files import atomic_path, write_text
 from compositor.serving.configs import VERSION, RepositoryOptions, repository_configs, to_pbtxt
 from compositor.serving.stages import POSTPROCESS, PREPROCESS
 from compositor.spec import NETWORKS, ModelSpec, format_resolution
@@ -183,13 +184,14 @@ def generate_repository(
                 log.info("removing %s (not part of the %s flavour)", version_dir / stale, options.flavor)
                 (version_dir / stale).unlink()
 
-        result.files.append(_write_text(out / name / "config.pbtxt", header + text))
+        result.files.append(write_text(out / name / "config.pbtxt", header + text))
         if uses_python_model(name, options.flavor):
-            result.files.append(_write_text(version_dir / "model.py", header + python_model_shim(name)))
+            result.files.append(write_text(version_dir / "model.py", header + python_model_shim(name)))
         if name in NETWORKS:
             target = version_dir / MODEL_FILE[options.flavor]
             if name in model_files:
-                shutil.copyfile(model_files[name], target)
+                with atomic_path(target) as temporary:  # a running server never loads half a model
+                    shutil.copyfile(model_files[name], temporary)
                 result.files.append(target)
                 log.info("%s <- %s", target, model_files[name])
             elif not target.exists():
@@ -197,17 +199,9 @@ def generate_repository(
         if name not in NETWORKS and not uses_python_model(name, options.flavor):
             # Ensembles have no model file, but Triton needs their version directory, and version
             # control keeps a directory only if something is in it.
-            result.files.append(_write_text(version_dir / ".gitkeep", ""))
+            result.files.append(write_text(version_dir / ".gitkeep", ""))
 
     others = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name not in configs and (p / "config.pbtxt").exists())
     if others:
         log.warning("%s also holds models this generator did not write (Triton will load them too): %s", out, ", ".join(others))
     return result
-
-
-def _write_text(path: Path, text: str) -> Path:
-    # Through a temporary file and a rename, so a running server never reads half a config.
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-    return path

@@ -1,4 +1,4 @@
-"""Atomic file output: a reader of the export directory never sees a half-written file."""
+"""Atomic file output: a reader (a server, a user, the next pipeline step) never sees a half-written file."""
 
 from __future__ import annotations
 
@@ -54,4 +54,12 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically; returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return path
