@@ -10,7 +10,9 @@ import onnxruntime as ort
 log = logging.getLogger(__name__)
 
 
-def create_session(path: str | Path, intra_op_threads: int = 0) -> ort.InferenceSession:
+def create_session(
+    path: str | Path, intra_op_threads: int = 0, allow_spinning: bool = True, quiet: bool = False
+) -> ort.InferenceSession:
     """A CPU ``InferenceSession`` with full graph optimisation.
 
     Args:
@@ -18,6 +20,9 @@ def create_session(path: str | Path, intra_op_threads: int = 0) -> ort.Inference
         intra_op_threads: threads for one operator (0: ONNX Runtime's default, one per core). When
             several sessions run concurrently (Triton instances, benchmark concurrency), fewer
             threads each avoid oversubscribing the cores.
+        allow_spinning: let idle pool threads spin for the next call. Off for sessions that share
+            the cores with other processes (Triton's model instances), where spinning steals them.
+        quiet: log errors only (FP16 graphs make ONNX Runtime list every CPU fallback).
 
     Raises:
         FileNotFoundError: the file is missing (with a hint to run ``compositor export``).
@@ -30,6 +35,9 @@ def create_session(path: str | Path, intra_op_threads: int = 0) -> ort.Inference
     options.intra_op_num_threads = intra_op_threads
     # One request's operators run in order; parallelism comes from threads inside each operator.
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    if quiet:
+        options.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     log.debug("loaded %s (%d intra-op threads)", path, intra_op_threads)
     return session

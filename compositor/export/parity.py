@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from compositor import imaging, spec
+from compositor.onnx_runtime import create_session
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,7 @@ def parity_feeds(models: dict[str, nn.Module], resolution: tuple[int, int]) -> d
 
 def onnxruntime_session(path: str | Path) -> ort.InferenceSession:
     """A CPU session for ``path``; raises if ONNX Runtime cannot load the model."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the FP16 graph makes ORT list every CPU fallback
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return create_session(path, quiet=True)
 
 
 def run_onnx(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

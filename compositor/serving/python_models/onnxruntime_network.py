@@ -13,11 +13,12 @@ import json
 import os
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from compositor.onnx_runtime import create_session
+from compositor.serving.configs import INTRA_OP_THREADS_PARAMETER
+
 ONNX_FILE = "model.onnx"
-INTRA_OP_THREADS_PARAMETER = "intra_op_thread_count"
 
 
 class TritonPythonModel:
@@ -35,7 +36,9 @@ class TritonPythonModel:
                 f"{self.name}: {path} is missing; generate the repository with "
                 "'compositor repository --onnx DIR --flavor python'"
             )
-        self.session = ort.InferenceSession(path, sess_options=_session_options(threads), providers=["CPUExecutionProvider"])
+        # Each model instance is its own process, and the ensemble runs several at once (preprocess
+        # of one request while another is in a network): idle threads must not spin on the cores.
+        self.session = create_session(path, intra_op_threads=threads, allow_spinning=False)
         _check_graph(self.name, self.session, input_dims, list(self.outputs))
 
     def execute(self, requests):
@@ -63,22 +66,6 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
-
-
-def _session_options(intra_op_threads):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Each model instance is its own process, and the ensemble runs several of them at once
-    # (preprocess of one request while another is in a network). Left alone, every session starts
-    # one thread per core and spins them between calls, so on a small CPU the processes steal
-    # each other's cores. A fixed intra-op count (from the config) and no spinning keep them fair;
-    # inter-op parallelism is useless for these sequential graphs.
-    if intra_op_threads > 0:
-        options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 def _check_graph(name, session, input_dims, output_names):
