@@ -13,7 +13,7 @@ import logging
 import sys
 
 # Subcommand modules, in the order ``compositor --help`` lists them.
-COMMANDS = ("composite", "info", "export", "repository", "serve", "bench")
+COMMANDS = ("composite", "info", "export", "repository", "serve", "bench", "train", "evaluate")
 
 
 class CommandError(Exception):

@@ -46,10 +46,17 @@ def add_resolution_option(parser: argparse.ArgumentParser) -> None:
 
 def add_network_options(parser: argparse.ArgumentParser, resolution: bool = True) -> None:
     """``--modnet-checkpoint``, ``--blending-checkpoint``, ``--harmonization-checkpoint`` (+ ``--resolution``)."""
-    group = parser.add_argument_group("weights (default: untrained seeded initialisation, with a warning)")
-    group.add_argument("--modnet-checkpoint", metavar="P", help="official-format MODNet .ckpt")
-    group.add_argument("--blending-checkpoint", metavar="P", help="BlendingUNet .safetensors")
-    group.add_argument("--harmonization-checkpoint", metavar="P", help="HarmonizationUNet .safetensors")
+    group = parser.add_argument_group(
+        "weights (default: the trained files in weights/; MODNet from $MODNET_CHECKPOINT; otherwise "
+        "a seeded, untrained initialisation, with a warning)"
+    )
+    group.add_argument("--modnet-checkpoint", metavar="P",
+                       help="the published modnet_photographic_portrait_matting.ckpt (or MODNET_CHECKPOINT=P)")
+    group.add_argument("--blending-checkpoint", metavar="P", help="BlendingUNet .safetensors (default weights/blending.safetensors)")
+    group.add_argument("--harmonization-checkpoint", metavar="P",
+                       help="HarmonizationUNet .safetensors (default weights/harmonization.safetensors)")
+    group.add_argument("--untrained", action="store_true",
+                       help="ignore weights/ and MODNET_CHECKPOINT: seeded initialisation where no checkpoint is given")
     if resolution:
         add_resolution_option(parser)
 
@@ -58,4 +65,9 @@ def networks_from_args(args: argparse.Namespace) -> Networks:
     # Imported here: PyTorch takes seconds to import, and commands that only parse need none of it.
     from compositor.networks.factory import load_networks
 
-    return load_networks(args.modnet_checkpoint, args.blending_checkpoint, args.harmonization_checkpoint)
+    return load_networks(
+        args.modnet_checkpoint,
+        args.blending_checkpoint,
+        args.harmonization_checkpoint,
+        trained_defaults=not getattr(args, "untrained", False),
+    )

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compositor.files import atomic_path
-from compositor.networks.harmonization import MaskedAdaIN
+from compositor.networks.harmonization import ImageColourTransfer, MaskedAdaIN
 from compositor.networks.modnet import MobileNetV2Backbone
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,8 @@ def _convert_initializer(tensor: onnx.TensorProto, name: str, precision: int) ->
 def precision_ladder(model: nn.Module) -> list[PrecisionPolicy]:
     """The FP32 policies to try for one network, least FP32 first.
 
-    Rung 1, always: the normalisation statistics (``STATISTICS_OPS`` and every ``MaskedAdaIN``).
+    Rung 1, always: the normalisation statistics (``STATISTICS_OPS``, every ``MaskedAdaIN`` and
+    ``ImageColourTransfer``).
     Rung 2, only for networks with a MobileNetV2 encoder (MODNet): the encoder too. A *trained*
     encoder is expected to pass at rung 1. The seeded, untrained MODNet does not: its random encoder
     amplifies any perturbation (scaling the input by 1 + 1e-4 moves the matte by 0.012), so FP16's
@@ -267,15 +268,21 @@ def precision_ladder(model: nn.Module) -> list[PrecisionPolicy]:
         model: the contract model (its module classes decide the scopes).
     """
     adain_scopes = _scopes(model, MaskedAdaIN)
+    transfer_scopes = _scopes(model, ImageColourTransfer)
     statistics = PrecisionPolicy(
         name="statistics",
         fp32_op_types=STATISTICS_OPS,
-        fp32_scopes=adain_scopes,
+        fp32_scopes=adain_scopes + transfer_scopes,
         reasons={
             "InstanceNormalization": "per-image mean/variance over a whole feature map (MODNet's IBNorm)",
             **{
                 scope: "MaskedAdaIN: mask-weighted mean/variance sums over a whole feature map overflow FP16"
                 for scope in adain_scopes
+            },
+            **{
+                scope: "ImageColourTransfer: Lab statistics over the whole image overflow FP16, and Lab's "
+                "cube root near black is sensitive to FP16 rounding"
+                for scope in transfer_scopes
             },
         },
     )

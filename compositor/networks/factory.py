@@ -1,7 +1,9 @@
-"""Build the three networks from checkpoints, or from a seeded initialisation when none is given.
+"""Build the three networks from checkpoints, the trained defaults, or a seeded initialisation.
 
 Every entry point (local pipeline, export, benchmarks) goes through ``load_networks`` so that the
-eager pipeline and the exported models always run the same weights.
+eager pipeline and the exported models always run the same weights. Without a checkpoint argument,
+blending and harmonization use the trained files in ``weights/`` (``defaults.py``) and MODNet uses
+``$MODNET_CHECKPOINT``; whatever is left gets the seeded initialisation, with a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from compositor.networks.blending import BlendingUNet
+from compositor.networks.defaults import default_weights, modnet_checkpoint_from_environment
 from compositor.networks.harmonization import HarmonizationUNet
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
@@ -32,6 +35,8 @@ class Networks:
     blending: BlendingUNet
     harmonization: HarmonizationUNet
     untrained: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where each network's weights came from: a file path, or ``"untrained (seed N)"``."""
 
     def as_dict(self) -> dict[str, nn.Module]:
         return {"matting": self.matting, "blending": self.blending, "harmonization": self.harmonization}
@@ -49,6 +54,7 @@ def load_networks(
     blending_checkpoint: str | Path | None = None,
     harmonization_checkpoint: str | Path | None = None,
     seed: int = DEFAULT_SEED,
+    trained_defaults: bool = True,
 ) -> Networks:
     """Load the matting, blending and harmonization networks.
 
@@ -57,12 +63,18 @@ def load_networks(
         blending_checkpoint: a ``BlendingUNet`` safetensors file.
         harmonization_checkpoint: a ``HarmonizationUNet`` safetensors file.
         seed: seed of the initialisation used for every network without a checkpoint.
+        trained_defaults: use ``weights/*.safetensors`` and ``$MODNET_CHECKPOINT`` for networks
+            given no checkpoint (False: the seeded initialisation, as tests of the plumbing want).
 
     Returns:
         ``Networks`` in eval mode; ``untrained`` names those initialised from the seed, and a
         warning saying so goes to stderr (through logging).
     """
-    untrained = []
+    if trained_defaults:
+        modnet_checkpoint = modnet_checkpoint or modnet_checkpoint_from_environment()
+        blending_checkpoint = blending_checkpoint or _existing(default_weights("blending"))
+        harmonization_checkpoint = harmonization_checkpoint or _existing(default_weights("harmonization"))
+    untrained, sources = [], {}
     if modnet_checkpoint is not None:
         matting = load_modnet_checkpoint(modnet_checkpoint)
     else:
@@ -75,12 +87,25 @@ def load_networks(
         harmonization = load_network(harmonization_checkpoint, expected=HarmonizationUNet)
     else:
         harmonization, _ = _seeded(HarmonizationUNet, seed + 2), untrained.append("harmonization")
-    if untrained:
+    for name, checkpoint in (("matting", modnet_checkpoint), ("blending", blending_checkpoint),
+                             ("harmonization", harmonization_checkpoint)):
+        sources[name] = str(checkpoint) if checkpoint is not None else f"untrained (seed {seed})"
+    if "matting" in untrained:
+        log.warning(
+            "MODNet has no weights: its matte is noise. Bring the published checkpoint "
+            "(modnet_photographic_portrait_matting.ckpt) with --modnet-checkpoint or MODNET_CHECKPOINT=PATH, "
+            "or pass your own matte (--alpha)."
+        )
+    others = [name for name in untrained if name != "matting"]
+    if others:
         log.warning(
             "UNTRAINED weights (seeded initialisation, seed %d) for: %s. Outputs show the plumbing, "
-            "not the quality: pass --modnet-checkpoint / --blending-checkpoint / "
-            "--harmonization-checkpoint for real results.",
+            "not the quality: pass --blending-checkpoint / --harmonization-checkpoint for real results.",
             seed,
-            ", ".join(untrained),
+            ", ".join(others),
         )
-    return Networks(matting, blending, harmonization, untrained)
+    return Networks(matting, blending, harmonization, untrained, sources)
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None

@@ -7,6 +7,16 @@ foreground's feature statistics to the background's (mask-weighted, region-aware
 gates on the three outer skip connections let the decoder choose between encoder detail and
 decoder context. The residual head is zero-initialised and masked: an untrained net returns its
 input, and the background is never altered.
+
+Two options beyond the paper's net, both stored in the weights file's hyperparameters:
+
+* ``image_transfer=True`` carries the paper's idea one scale further: before the U-Net, the
+  foreground's Lab colour statistics are moved to the complete background's (Reinhard transfer as
+  masked AdaIN at the image scale), with the target statistics corrected by a small learned head
+  that sees both images. Its correction starts at zero, so an untrained net *is* the classical
+  colour transfer, and training learns what statistics alone miss instead of the whole colour shift.
+* ``background_cue="partial"`` is the paper's ablation: the net sees only the background outside
+  the mask (the composite's own surroundings), as harmonizers without a complete background do.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compositor.networks.colour import lab_to_rgb, masked_statistics, rgb_to_lab, transfer_statistics
 from compositor.networks.layers import (
     ConvBlock,
     UNetEncoder,
@@ -25,6 +36,7 @@ from compositor.networks.layers import (
 )
 
 STATISTICS_EPS = 1e-5
+BACKGROUND_CUES = ("complete", "partial")
 
 
 class AttentionGate(nn.Module):
@@ -59,15 +71,105 @@ class MaskedAdaIN(nn.Module):
     nodes are found by name.
     """
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor, background_features: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        background_features: torch.Tensor,
+        background_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Restyle ``features`` inside ``mask``; ``background_weights`` limits the background's statistics
+        to part of it (the partial-cue ablation), by default every background pixel counts."""
         mask_area = mask.sum(dim=(2, 3), keepdim=True) + STATISTICS_EPS
         fg_mean = (features * mask).sum(dim=(2, 3), keepdim=True) / mask_area
         fg_var = ((features - fg_mean) ** 2 * mask).sum(dim=(2, 3), keepdim=True) / mask_area
-        bg_mean = background_features.mean(dim=(2, 3), keepdim=True)
-        bg_var = ((background_features - bg_mean) ** 2).mean(dim=(2, 3), keepdim=True)
+        if background_weights is None:
+            bg_mean = background_features.mean(dim=(2, 3), keepdim=True)
+            bg_var = ((background_features - bg_mean) ** 2).mean(dim=(2, 3), keepdim=True)
+        else:
+            bg_area = background_weights.sum(dim=(2, 3), keepdim=True) + STATISTICS_EPS
+            bg_mean = (background_features * background_weights).sum(dim=(2, 3), keepdim=True) / bg_area
+            bg_var = ((background_features - bg_mean) ** 2 * background_weights).sum(dim=(2, 3), keepdim=True) / bg_area
         normalised = (features - fg_mean) * torch.rsqrt(fg_var + STATISTICS_EPS)
         restyled = normalised * torch.sqrt(bg_var + STATISTICS_EPS) + bg_mean
         return mask * restyled + (1.0 - mask) * features
+
+
+class StatisticsEncoder(nn.Sequential):
+    """Two stride-2 3x3 convolutions + ReLU: a coarse summary of an image for the statistics head."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels // 2, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels // 2, out_channels, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ImageColourTransfer(nn.Module):
+    """Masked AdaIN at the image scale, in Lab, toward learned corrections of the background's statistics.
+
+    The foreground's mask-weighted Lab mean/std move to ``target = background statistics +
+    correction``. The correction (mean shift and log-std scale per Lab channel) comes from a small
+    head over the Lab statistics of both images and pooled features of the background and of the
+    foreground; its last layer starts at zero, so an untrained module is exactly Reinhard colour
+    transfer toward the complete background. The FP16 export keeps this module in FP32.
+
+    Args:
+        feature_channels: channels of each statistics encoder.
+        hidden_channels: width of the correction head.
+        input_scale: the encoders see the images average-pooled by this factor.
+    """
+
+    # Lab units per unit of the head's mean output: keeps the head's weights near 1e-2 for shifts
+    # of a few L/a/b units, the scale Adam's steps suit.
+    mean_scale = 10.0
+
+    def __init__(self, feature_channels: int = 32, hidden_channels: int = 64, input_scale: int = 4):
+        super().__init__()
+        self.input_scale = input_scale
+        self.background_encoder = StatisticsEncoder(3, feature_channels)
+        self.foreground_encoder = StatisticsEncoder(4, feature_channels)
+        self.correction = nn.Sequential(
+            nn.Conv2d(12 + 4 * feature_channels, hidden_channels, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, 6, 1),
+        )
+        nn.init.zeros_(self.correction[-1].weight)
+        nn.init.zeros_(self.correction[-1].bias)
+
+    def forward(
+        self,
+        composite: torch.Tensor,
+        mask: torch.Tensor,
+        background: torch.Tensor,
+        background_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        lab = rgb_to_lab(composite)
+        fg_mean, fg_std = masked_statistics(lab, mask)
+        bg_mean, bg_std = masked_statistics(rgb_to_lab(background), background_weights)
+
+        pooled_mask = F.avg_pool2d(mask, self.input_scale)
+        pooled_weights = None if background_weights is None else F.avg_pool2d(background_weights, self.input_scale)
+        bg_features = self.background_encoder(F.avg_pool2d(background, self.input_scale))
+        fg_features = self.foreground_encoder(torch.cat([F.avg_pool2d(composite, self.input_scale), pooled_mask], dim=1))
+        feature_mask = F.avg_pool2d(pooled_mask, 4)
+        feature_weights = None if pooled_weights is None else F.avg_pool2d(pooled_weights, 4)
+        summary = torch.cat(
+            [
+                # Lab statistics scaled to about unit range (L spans 0..100, a/b about -100..100).
+                fg_mean / 50.0, fg_std / 50.0, bg_mean / 50.0, bg_std / 50.0,
+                *masked_statistics(bg_features, feature_weights),
+                *masked_statistics(fg_features, feature_mask),
+            ],
+            dim=1,
+        )
+        correction = self.correction(summary)
+        target_mean = bg_mean + self.mean_scale * correction[:, :3]
+        target_std = bg_std * torch.exp(correction[:, 3:])
+        transferred = lab_to_rgb(transfer_statistics(lab, fg_mean, fg_std, target_mean, target_std))
+        return mask * transferred + (1.0 - mask) * composite
 
 
 class HarmonizationUNet(nn.Module):
@@ -77,14 +179,24 @@ class HarmonizationUNet(nn.Module):
         base_channels: channels at full resolution, doubled at each pooling.
         levels: encoder levels (5: full .. 1/16); the decoder has ``levels - 1``, the outer three of
             which carry attention gates.
+        image_transfer: run ``ImageColourTransfer`` before the U-Net (off: the paper's exact net).
+        background_cue: ``"complete"`` (the paper's net) or ``"partial"`` (the ablation that sees only
+            the background outside the mask).
     """
 
     attention_levels = 3
 
-    def __init__(self, base_channels: int = 16, levels: int = 5):
+    def __init__(self, base_channels: int = 16, levels: int = 5, image_transfer: bool = False, background_cue: str = "complete"):
         super().__init__()
+        if background_cue not in BACKGROUND_CUES:
+            raise ValueError(f"background_cue must be one of {BACKGROUND_CUES}, got {background_cue!r}")
         # Recorded so saved weights can rebuild the architecture (networks/weights.py).
         self.hyperparameters = {"base_channels": base_channels, "levels": levels}
+        if image_transfer or background_cue != "complete":
+            # Only non-default options are recorded, so files of the paper's net keep their metadata.
+            self.hyperparameters.update(image_transfer=image_transfer, background_cue=background_cue)
+        self.background_cue = background_cue
+        self.image_transfer = ImageColourTransfer() if image_transfer else None
         widths = unet_widths(base_channels, levels)
         self.encoders = UNetEncoder(4, widths)
         pairs = decoder_pairs(widths)
@@ -104,6 +216,13 @@ class HarmonizationUNet(nn.Module):
         All inputs are [B, C, H, W] in [0, 1]; H and W divisible by 2**(levels - 1).
         Returns the harmonized composite, [B, 3, H, W] in [0, 1].
         """
+        background_weights = None
+        if self.background_cue == "partial":
+            # The ablation: only the composite's own surroundings are known, not what the object hides.
+            background_weights = 1.0 - mask
+            background = background * background_weights
+        if self.image_transfer is not None:
+            composite = self.image_transfer(composite, mask, background, background_weights)
         skips = self.encoders(torch.cat([composite, mask], dim=1))
         features = skips[-1]
         decoder_stages = zip(self.decoders, self.attention_gates, self.background_encoders, reversed(skips[:-1]))
@@ -112,6 +231,7 @@ class HarmonizationUNet(nn.Module):
             factor = composite.shape[-1] // skip.shape[-1]
             scale_mask = F.avg_pool2d(mask, factor) if factor > 1 else mask
             scale_background = F.avg_pool2d(background, factor) if factor > 1 else background
-            features = self.adain(features, scale_mask, background_encoder(scale_background))
+            scale_weights = None if background_weights is None else 1.0 - scale_mask
+            features = self.adain(features, scale_mask, background_encoder(scale_background), scale_weights)
         residual = mask * self.residual_head(features)
         return (composite + residual).clamp(0.0, 1.0)

@@ -1,0 +1,30 @@
+"""Where the default weights are: the trained files in ``weights/`` and the user's MODNet checkpoint.
+
+No torch import here: command-line parsers use these paths for their defaults and must stay quick.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+WEIGHTS_DIR_VARIABLE = "COMPOSITOR_WEIGHTS_DIR"
+MODNET_CHECKPOINT_VARIABLE = "MODNET_CHECKPOINT"
+TRAINED_NETWORKS = ("blending", "harmonization")
+
+
+def weights_dir() -> Path:
+    """``$COMPOSITOR_WEIGHTS_DIR``, else the repository's ``weights/`` next to the package."""
+    configured = os.environ.get(WEIGHTS_DIR_VARIABLE)
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "weights"
+
+
+def default_weights(name: str) -> Path:
+    """The weights file ``weights/<name>.safetensors`` (it may not exist)."""
+    return weights_dir() / f"{name}.safetensors"
+
+
+def modnet_checkpoint_from_environment() -> Path | None:
+    """``$MODNET_CHECKPOINT`` when set: the published MODNet checkpoint the user brings."""
+    value = os.environ.get(MODNET_CHECKPOINT_VARIABLE)
+    return Path(value) if value else None

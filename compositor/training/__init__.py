@@ -1,0 +1,1 @@
+"""Training of the blending and harmonization networks: data synthesis, readers, losses, loops, evaluation."""

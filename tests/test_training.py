@@ -1,0 +1,327 @@
+"""Training: data synthesis, colour transfer, losses, a few real training steps, resume, evaluation.
+
+Everything runs at tiny sizes (64 px, batches of 2) on a few of scikit-image's photos, so the file
+takes seconds; the long training runs that made ``weights/`` are not part of the suite.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from compositor.networks.colour import lab_to_rgb, masked_statistics, reinhard_transfer, rgb_to_lab
+from compositor.networks.harmonization import HarmonizationUNet
+from compositor.networks.weights import read_metadata
+from compositor.training import evaluation, photos
+from compositor.training.losses import blending_loss, psnr, ssim
+from compositor.training.readers import DataError
+from compositor.training.synthesis import (
+    CompositeSynthesizer,
+    band_radius,
+    boundary_band,
+    dilate,
+    portrait_mattes,
+)
+from compositor.training.trainer import TrainConfig, Trainer
+
+SIZE = 64
+
+
+def small(image: np.ndarray, short_side: int = 80) -> np.ndarray:
+    scale = short_side / min(image.shape[:2])
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
+
+
+@pytest.fixture(scope="module")
+def groups():
+    return [[small(skimage.data.astronaut())], [small(skimage.data.coffee())], [small(skimage.data.chelsea())],
+            [small(skimage.data.rocket())]]
+
+
+@pytest.fixture(scope="module")
+def batch(groups):
+    return CompositeSynthesizer(groups, SIZE, seed=3).batch(4)
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """A user's folder of photos, one of them a group of two (PPR10K-style subfolder)."""
+    folder = tmp_path_factory.mktemp("photos")
+    names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"]
+    for name in names:
+        Image.fromarray(small(getattr(skimage.data, name)())).save(folder / f"{name}.png")
+    (folder / "cat_shoot").mkdir()
+    for index, flip in enumerate((False, True)):
+        cat = small(skimage.data.chelsea())
+        Image.fromarray(cat[:, ::-1] if flip else cat).save(folder / "cat_shoot" / f"{index}.png")
+    return folder
+
+
+# --- Colour ---------------------------------------------------------------------------------------
+
+
+def test_lab_conversion_matches_scikit_image_and_round_trips():
+    from skimage.color import rgb2lab
+
+    rgb = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    lab = rgb_to_lab(rgb)
+    reference = rgb2lab(rgb[0].permute(1, 2, 0).numpy())
+    assert np.abs(lab[0].permute(1, 2, 0).numpy() - reference).max() < 0.01
+    assert (lab_to_rgb(lab) - rgb).abs().max() < 1e-4
+
+
+def test_reinhard_transfer_gives_the_foreground_the_references_lab_statistics():
+    generator = torch.Generator().manual_seed(1)
+    image = 0.3 + 0.2 * torch.rand(1, 3, 32, 32, generator=generator)
+    reference = 0.4 + 0.3 * torch.rand(1, 3, 32, 32, generator=generator)
+    weights = torch.zeros(1, 1, 32, 32)
+    weights[..., 8:24, 8:24] = 1.0
+    moved = reinhard_transfer(image, reference, image_weights=weights)
+    mean, std = masked_statistics(rgb_to_lab(moved), weights)
+    target_mean, target_std = masked_statistics(rgb_to_lab(reference))
+    assert torch.allclose(mean, target_mean, atol=0.05)
+    assert torch.allclose(std, target_std, atol=0.05)
+
+
+def test_an_untrained_image_transfer_harmonizer_is_exactly_the_classical_colour_transfer(batch):
+    torch.manual_seed(0)
+    net = HarmonizationUNet(base_channels=8, image_transfer=True).eval()
+    with torch.no_grad():
+        output = net(batch.harmonization_input, batch.alpha, batch.background)
+    assert torch.equal(output, evaluation.colour_transfer_baseline(batch).clamp(0, 1))
+
+
+def test_the_partial_cue_net_never_sees_the_background_behind_the_object(batch):
+    torch.manual_seed(0)
+    inputs = (batch.harmonization_input, batch.alpha)
+    # Change the background only where the object hides it completely.
+    hidden_changed = torch.where(batch.alpha == 1, torch.rand_like(batch.background), batch.background)
+    for cue, should_change in (("partial", False), ("complete", True)):
+        net = HarmonizationUNet(base_channels=8, image_transfer=True, background_cue=cue).eval()
+        with torch.no_grad():
+            difference = (net(*inputs, batch.background) - net(*inputs, hidden_changed)).abs().max()
+        assert (difference > 1e-3) == should_change, (cue, float(difference))
+
+
+# --- Synthesis ------------------------------------------------------------------------------------
+
+
+def test_portrait_mattes_are_soft_shapes_with_exact_zeros_and_ones():
+    mattes = portrait_mattes(4, SIZE, torch.Generator().manual_seed(0))
+    assert mattes.shape == (4, 1, SIZE, SIZE)
+    for matte in mattes:
+        assert (matte == 0).float().mean() > 0.2 and (matte == 1).float().mean() > 0.15
+        assert ((matte > 0) & (matte < 1)).sum() > SIZE  # a soft edge, not a cut-out
+    assert not torch.equal(mattes[0], mattes[1])
+
+
+def test_a_synthesised_batch_follows_the_papers_recipe(batch):
+    alpha = batch.alpha
+    assert torch.allclose(batch.target, alpha * batch.foreground + (1 - alpha) * batch.background)
+    # The source photo keeps F under the matte; its surroundings are another photo, not B.
+    assert torch.allclose(batch.source * (alpha == 1), batch.foreground * (alpha == 1))
+    outside = (alpha == 0).expand_as(batch.source)
+    assert (batch.source[outside] - batch.background[outside]).abs().mean() > 0.05
+    # The harmonization input differs from the target only where the matte is.
+    assert torch.equal(batch.harmonization_input * (alpha == 0), batch.target * (alpha == 0))
+    assert (batch.harmonization_input - batch.target).abs()[(alpha == 1).expand_as(batch.target)].mean() > 0.02
+    # The imperfect matte errs, but only near the true edge.
+    assert (batch.imperfect_alpha - alpha).abs().max() > 0.1
+    near_edge = dilate(boundary_band(alpha, 1), 3 * max(1, SIZE // 64) + 1)
+    assert torch.equal(batch.imperfect_alpha * (1 - near_edge), alpha * (1 - near_edge))
+    # The band covers every fractional alpha.
+    band = boundary_band(alpha, band_radius(SIZE))
+    assert band[(alpha > 0) & (alpha < 1)].min() == 1
+
+
+def test_synthesis_is_reproducible_from_its_seed(groups):
+    first = CompositeSynthesizer(groups, SIZE, seed=7).batch(2)
+    second = CompositeSynthesizer(groups, SIZE, seed=7).batch(2)
+    assert torch.equal(first.target, second.target) and torch.equal(first.imperfect_alpha, second.imperfect_alpha)
+
+
+def test_photos_are_split_by_group_whatever_order_they_are_listed_in():
+    groups = [photos.PhotoGroup(f"g{i}", ()) for i in range(20)]
+    train, validation = photos.split_groups(groups)
+    assert len(validation) == 4 and len(train) == 16
+    assert not {g.name for g in train} & {g.name for g in validation}
+    assert photos.split_groups(groups[::-1]) == (train, validation)
+
+
+def test_synthetic_data_without_the_wallpapers_says_which_package_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(photos, "WALLPAPER_ROOT", tmp_path)
+    with pytest.raises(DataError, match="plasma-workspace-wallpapers .*setup-training.sh"):
+        photos.synthetic_groups()
+
+
+# --- Losses and metrics ---------------------------------------------------------------------------
+
+
+def test_blending_loss_adds_the_band_l1_to_the_image_l1():
+    target = torch.zeros(1, 3, 8, 8)
+    output = target.clone()
+    output[..., 0, 0] = 1.0  # one wrong pixel, inside the band
+    band = torch.zeros(1, 1, 8, 8)
+    band[..., 0, :2] = 1.0  # two band pixels
+    losses = blending_loss(output, target, band)
+    assert losses["l1"] == pytest.approx(1 / 64)
+    assert losses["band_l1"] == pytest.approx(1 / 2)
+    assert losses["loss"] == pytest.approx(1 / 64 + 1 / 2)
+
+
+def test_psnr_and_ssim_of_known_errors():
+    target = torch.full((1, 3, 16, 16), 0.5)
+    assert psnr(target + 0.1, target).item() == pytest.approx(20.0, abs=1e-4)
+    assert ssim(target, target).item() == pytest.approx(1.0)
+    noisy = (target + 0.2 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert ssim(noisy, target).item() < 0.5
+
+
+# --- Training -------------------------------------------------------------------------------------
+
+
+def tiny_config(tmp_path, task="blending", **overrides):
+    settings = dict(task=task, out=tmp_path / f"{task}.safetensors", synthetic=True, size=SIZE, batch_size=2, steps=4,
+                    validate_every=2, validation_samples=2, checkpoint_every=1, base_channels=8)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def tiny_trainer(config, groups):
+    from compositor.training.data import DataSplit
+
+    data = DataSplit(CompositeSynthesizer(groups[:3], SIZE, seed=config.seed),
+                     CompositeSynthesizer(groups[1:], SIZE, seed=config.seed + 1, flips=False), {"data": "test photos"})
+    return Trainer(config, data)
+
+
+@pytest.mark.parametrize("task", ["blending", "harmonization"])
+def test_a_few_training_steps_change_the_net_and_write_weights_log_and_checkpoint(tmp_path, groups, task):
+    trainer = tiny_trainer(tiny_config(tmp_path, task, learning_rate=1e-2), groups)
+    head_before = trainer.network.residual_head.weight.detach().clone()
+    summary = trainer.run(progress=False)
+    assert summary["steps_trained"] == 4
+    assert not torch.equal(trainer.network.residual_head.weight, head_before)
+    metadata = read_metadata(tmp_path / f"{task}.safetensors")
+    assert metadata["provenance"]["task"] == task and metadata["provenance"]["data"] == {"data": "test photos"}
+    rows = (tmp_path / f"{task}.run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 1 + 5  # step 0 validation + 4 steps
+    assert (tmp_path / f"{task}.run" / "checkpoint.safetensors").is_file()
+
+
+def test_resuming_continues_exactly_where_the_run_stopped(tmp_path, groups):
+    straight = tiny_trainer(tiny_config(tmp_path / "a", steps=4), groups)
+    straight.run(progress=False)
+    first = tiny_trainer(tiny_config(tmp_path / "b", steps=2), groups)
+    first.run(progress=False)
+    resumed = tiny_trainer(tiny_config(tmp_path / "b", steps=4, resume=True), groups)
+    resumed.run(progress=False)
+    assert resumed.step == 4
+    for key, value in straight.network.state_dict().items():
+        assert torch.allclose(value.float(), resumed.network.state_dict()[key].float(), atol=1e-6), key
+
+
+def test_resuming_with_another_architecture_is_refused(tmp_path, groups):
+    tiny_trainer(tiny_config(tmp_path, "harmonization", steps=1), groups).run(progress=False)
+    with pytest.raises(ValueError, match="checkpoint was made with"):
+        tiny_trainer(tiny_config(tmp_path, "harmonization", steps=2, resume=True, background_cue="partial"), groups).run(progress=False)
+
+
+def test_the_adversarial_loss_trains_a_discriminator_beside_the_harmonizer(tmp_path, groups):
+    trainer = tiny_trainer(tiny_config(tmp_path, "harmonization", steps=2, adversarial_weight=0.1), groups)
+    before = [p.detach().clone() for p in trainer.discriminator.parameters()]
+    trainer.run(progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.discriminator.parameters()))
+    tensors = load_file(str(tmp_path / "harmonization.run" / "checkpoint.safetensors"))
+    assert any(key.startswith("discriminator.") for key in tensors)
+    assert any(key.startswith("discriminator_optimizer.") for key in tensors)
+
+
+def test_a_checkpoint_is_never_unpickled(tmp_path, groups):
+    trainer = tiny_trainer(tiny_config(tmp_path, steps=1, resume=True), groups)
+    torch.save({"step": 1}, trainer.checkpoint_path)
+    with pytest.raises(ValueError, match="is not a safetensors training checkpoint"):
+        trainer.run(progress=False)
+
+
+# --- Evaluation -----------------------------------------------------------------------------------
+
+
+def test_evaluation_of_untrained_nets_equals_the_baselines_they_start_from(batch):
+    from compositor.networks.blending import BlendingUNet
+
+    torch.manual_seed(0)
+    harmonizers = evaluation.Harmonizers(
+        complete=HarmonizationUNet(base_channels=8, image_transfer=True),
+        partial=HarmonizationUNet(base_channels=8, image_transfer=True, background_cue="partial"),
+    )
+    results = evaluation.evaluate(BlendingUNet(base_channels=8), harmonizers, [batch], clips=2)
+    assert results["blending"]["boundary_psnr"] == results["blending"]["linear_boundary_psnr"]
+    assert results["harmonization"]["psnr"] == results["harmonization"]["colour_transfer_psnr"]
+    assert results["harmonization"]["colour_transfer_psnr"] > results["harmonization"]["copy_paste_psnr"]
+    assert set(results["video"]) >= {"flicker", "partial_cue_flicker", "colour_transfer_flicker"}
+
+
+def test_flicker_is_zero_for_a_harmonizer_that_ignores_the_surroundings_and_not_for_one_that_uses_them(batch):
+    sample = evaluation._select(batch, 0)
+
+    class Identity(torch.nn.Module):
+        def forward(self, composite, mask, background):
+            return composite
+
+    class SurroundDriven(torch.nn.Module):
+        def forward(self, composite, mask, background):
+            surround = (composite * (1 - mask)).sum(dim=(2, 3), keepdim=True) / (1 - mask).sum(dim=(2, 3), keepdim=True)
+            return composite * (1 - mask) + mask * (0.5 * composite + 0.5 * surround)
+
+    assert evaluation.flicker(Identity(), sample) == 0.0
+    assert evaluation.flicker(SurroundDriven(), sample) > 0.1
+
+
+# --- Command line ---------------------------------------------------------------------------------
+
+
+def compositor(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "compositor", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_resume_and_evaluate_from_the_command_line_on_a_folder_of_photos(tmp_path, photo_folder):
+    common = ["--data", photo_folder, "--size", SIZE, "--batch-size", 2, "--validate-every", 2, "--validation-samples", 2,
+              "--base-channels", 8, "--no-progress"]
+    outputs = {}
+    for task, extra in (("blending", []), ("harmonization", []), ("harmonization_partial", ["--background-cue", "partial"])):
+        outputs[task] = tmp_path / f"{task}.safetensors"
+        run = compositor("train", task.split("_")[0], *common, "--steps", 2, "--out", outputs[task], *extra)
+        assert run.returncode == 0, run.stderr
+    resumed = compositor("train", "blending", *common, "--steps", 3, "--out", outputs["blending"], "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stderr and "best step" in resumed.stdout
+    assert read_metadata(outputs["blending"])["provenance"]["steps_trained"] == 3
+
+    report = tmp_path / "evaluation.json"
+    run = compositor("evaluate", "--data", photo_folder, "--size", SIZE, "--samples", 4, "--clips", 2, "--json", report,
+                     "--figure", tmp_path / "examples.png", "--blending-checkpoint", outputs["blending"],
+                     "--harmonization-checkpoint", outputs["harmonization"],
+                     "--partial-checkpoint", outputs["harmonization_partial"], "--paper-checkpoint", tmp_path / "absent")
+    assert run.returncode == 0, run.stderr
+    assert "Table 1" in run.stdout and "Table 2" in run.stdout
+    results = json.loads(report.read_text())
+    for key in ("blending.boundary_psnr", "blending.linear_boundary_psnr", "harmonization.psnr", "harmonization.copy_paste_psnr",
+                "harmonization.partial_cue_psnr", "harmonization.colour_transfer_psnr", "video.flicker"):
+        section, name = key.split(".")
+        assert np.isfinite(results[section][name]), key
+    assert Image.open(tmp_path / "examples.png").size[0] > 6 * SIZE
+
+
+def test_train_refuses_harmonization_options_for_blending_and_a_missing_folder(tmp_path):
+    run = compositor("train", "blending", "--data", tmp_path, "--background-cue", "partial", "--out", tmp_path / "b.safetensors")
+    assert run.returncode == 2 and "apply to harmonization only" in run.stderr
+    run = compositor("train", "blending", "--data", tmp_path / "missing", "--out", tmp_path / "b.safetensors")
+    assert run.returncode == 2 and "not a folder" in run.stderr
