@@ -3,6 +3,10 @@
 #   set-up -> export ONNX -> generate the Triton model repository (python flavour) -> start the
 #   Triton server (127.0.0.1) -> composite scikit-image's astronaut onto a rocket launch pad through
 #   the gRPC client -> outputs + comparison image -> stop the server.
+# Weights: the trained blending and harmonization nets in weights/. MODNet's published checkpoint is
+# yours to bring (MODNET_CHECKPOINT=path/modnet_photographic_portrait_matting.ckpt): with it the demo
+# runs the full `composite` ensemble; without it the matte comes from a classical segmentation of a
+# box around the astronaut (no learned weights) and goes through `composite_with_alpha`.
 # Ports: COMPOSITOR_HTTP_PORT / COMPOSITOR_GRPC_PORT / COMPOSITOR_METRICS_PORT (default 8000/8001/8002).
 # Resolution: COMPOSITOR_RESOLUTION (default 512). Working folder: COMPOSITOR_WORKDIR (default artifacts).
 set -euo pipefail
@@ -34,6 +38,26 @@ folder = Path(sys.argv[1])
 print(write_image(folder / "astronaut.png", skimage.data.astronaut()))
 print(write_image(folder / "rocket.png", skimage.data.rocket()))
 PY
+
+if [ -n "${MODNET_CHECKPOINT:-}" ]; then
+  echo "== matte: MODNet with the published checkpoint $MODNET_CHECKPOINT (full composite ensemble)"
+  alpha_args=()
+else
+  echo "== matte: MODNET_CHECKPOINT is not set, so MODNet has no weights; the matte comes from a classical"
+  echo "   segmentation of a box around the astronaut (no learned weights), sent through composite_with_alpha"
+  python - "$work/inputs" <<'PY'
+import sys
+from pathlib import Path
+
+import skimage.data
+
+from compositor.classical_matte import ASTRONAUT_BOX, box_matte
+from compositor.imaging import write_image
+
+print(write_image(Path(sys.argv[1]) / "astronaut_matte.png", box_matte(skimage.data.astronaut(), ASTRONAUT_BOX)))
+PY
+  alpha_args=(--alpha "$work/inputs/astronaut_matte.png")
+fi
 
 echo "== export (ONNX FP32 + FP16, parity checked)"
 compositor export --out "$workdir/export" --resolution "$resolution"
@@ -68,7 +92,7 @@ PY
 
 echo "== composite over gRPC"
 compositor composite --url "127.0.0.1:$grpc_port" --source "$work/inputs/astronaut.png" \
-  --background "$work/inputs/rocket.png" --out "$work/output"
+  --background "$work/inputs/rocket.png" "${alpha_args[@]}" --out "$work/output"
 
 echo "== ensemble latency, concurrency 1 (warm server)"
 compositor bench --modes triton --url "127.0.0.1:$grpc_port" --resolution "$resolution" --no-networks \

@@ -13,7 +13,7 @@ def nontrivial_networks():
     Untrained, both nets pass their input through exactly, so a wiring mistake downstream (a
     swapped input, a dropped residual) would go unnoticed; these heads make every net matter.
     """
-    networks = load_networks()
+    networks = load_networks(trained_defaults=False)
     generator = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for net in (networks.blending, networks.harmonization):

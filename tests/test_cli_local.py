@@ -24,7 +24,7 @@ def photos(tmp_path_factory):
     return folder
 
 
-def test_composite_local_writes_the_outputs_at_the_source_size_and_says_weights_are_untrained(photos, tmp_path):
+def test_composite_local_writes_the_outputs_at_the_source_size_and_says_modnet_has_no_weights(photos, tmp_path):
     out = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, "-m", "compositor", "composite", "--local", "--source", str(photos / "portrait.png"),
@@ -32,7 +32,8 @@ def test_composite_local_writes_the_outputs_at_the_source_size_and_says_weights_
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    assert "UNTRAINED weights" in run.stderr
+    assert "MODNet has no weights" in run.stderr and "MODNET_CHECKPOINT" in run.stderr
+    assert "UNTRAINED" not in run.stderr  # blending and harmonization come from weights/
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
     assert np.asarray(Image.open(out / "alpha.png")).shape == (333, 517)
     for name in ("blended.png", "harmonized.png"):

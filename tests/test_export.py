@@ -35,7 +35,7 @@ FIXTURE_DIR = Path(__file__).parent / "data" / "modnet"
 
 @pytest.fixture(scope="module")
 def default_networks():
-    return load_networks()
+    return load_networks(trained_defaults=False)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,27 @@ def test_nontrivial_blending_and_harmonization_match_eager_in_fp32_and_fp16(tmp_
         fp16_photos = fp16_report.cases["photos"][output]
         print(f"{name} FP16 vs FP32 on photos: max abs {fp16_photos.max_abs_error:.2e}, PSNR {fp16_photos.psnr_db:.1f} dB")
         assert fp16_photos.psnr_db >= 40.0 and fp16_photos.finite
+
+
+def test_the_shipped_trained_weights_export_with_fp32_parity_and_pass_fp16_on_the_first_rung(tmp_path):
+    # The first real FP16 check of these two nets: their trained residual heads (and the
+    # harmonizer's learned colour-statistics head) are not zero.
+    networks = load_networks()
+    assert networks.untrained == ["matting"], "weights/blending.safetensors and weights/harmonization.safetensors must load"
+    models = contract_models(networks)
+    feeds = parity.parity_feeds(models, RESOLUTION)
+    for name in ("blending", "harmonization"):
+        fp32_path, fp16_path = tmp_path / f"{name}.onnx", tmp_path / f"{name}.fp16.onnx"
+        export_fp32(models[name], name, fp32_path, RESOLUTION)
+        fp32_report = parity.check_fp32_parity(name, models[name], fp32_path, feeds).raise_on_failure()
+        first_rung = fp16.precision_ladder(models[name])[0]
+        fp16.save_mixed_precision(fp32_path, fp16_path, first_rung)
+        fp16_report = parity.check_fp16_parity(name, fp32_path, fp16_path, feeds).raise_on_failure()
+        output = spec.NETWORKS[name].outputs[0].name
+        for case in ("photos", "random"):
+            assert fp32_report.cases[case][output].max_abs_error < 1e-4, (name, case)
+            assert fp16_report.cases[case][output].finite and fp16_report.cases[case][output].psnr_db >= 40.0, (name, case)
+    assert "image_transfer" in fp16.precision_ladder(models["harmonization"])[0].fp32_scopes
 
 
 def test_matting_exported_from_the_modnet_fixture_reproduces_its_matte(tmp_path):

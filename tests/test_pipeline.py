@@ -13,7 +13,7 @@ RESOLUTION = (64, 64)  # small network resolution: the plumbing is what is under
 
 @pytest.fixture(scope="module")
 def pipeline():
-    return EagerPipeline(load_networks(), RESOLUTION)
+    return EagerPipeline(load_networks(trained_defaults=False), RESOLUTION)
 
 
 def _photo(name, size):

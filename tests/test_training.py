@@ -25,6 +25,7 @@ from compositor.training.synthesis import (
     CompositeSynthesizer,
     band_radius,
     boundary_band,
+    crop_around_band,
     dilate,
     portrait_mattes,
 )
@@ -139,6 +140,13 @@ def test_a_synthesised_batch_follows_the_papers_recipe(batch):
     # The band covers every fractional alpha.
     band = boundary_band(alpha, band_radius(SIZE))
     assert band[(alpha > 0) & (alpha < 1)].min() == 1
+
+
+def test_blending_windows_are_cut_around_the_matte_edge_from_every_field_alike(batch):
+    windows = crop_around_band(batch, 32, torch.Generator().manual_seed(0))
+    assert windows.target.shape == (4, 3, 32, 32) and windows.band.shape == (4, 1, 32, 32)
+    assert all(window.sum() > 0 for window in windows.band)  # every window holds part of the edge
+    assert torch.allclose(windows.target, windows.alpha * windows.foreground + (1 - windows.alpha) * windows.background)
 
 
 def test_synthesis_is_reproducible_from_its_seed(groups):

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     source.add_argument("--data", type=Path, metavar="DIR", help="photos (PPR10K-style groups), a matting set or iHarmony4")
     parser.add_argument("--out", type=Path, required=True, metavar="WEIGHTS.safetensors", help="weights file to write")
     parser.add_argument("--size", type=positive_int, default=512, help="training side in pixels, a multiple of 32 (default 512; 256 on a CPU)")
+    parser.add_argument("--crop", type=positive_int, metavar="N",
+                        help="train on N x N windows around the matte's edge of each synthesised image (blending; default: whole images)")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="images per step (default 4)")
     parser.add_argument("--steps", type=positive_int, default=20000, help="training steps (default 20000)")
     parser.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes of training (resumed runs count earlier time)")
@@ -45,6 +47,8 @@ def register(subparsers) -> None:
                         help="harmonization: the complete background (the paper) or only what lies outside the mask (the ablation)")
     parser.add_argument("--no-image-transfer", dest="image_transfer", action="store_false",
                         help="harmonization: the paper's exact net, without the image-scale Lab colour transfer in front")
+    parser.add_argument("--transfer-lr-multiplier", type=float, default=10.0, metavar="K",
+                        help="harmonization: the image-scale colour transfer learns at K times the learning rate (default 10)")
     parser.add_argument("--base-channels", type=positive_int, default=16, help="U-Net width at full resolution (default 16)")
     parser.add_argument("--validate-every", type=positive_int, default=250, metavar="N", help="validation every N steps (default 250)")
     parser.add_argument("--validation-samples", type=positive_int, default=64, metavar="N", help="held-out samples per validation (default 64)")
@@ -75,10 +79,11 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
-        task=args.task, out=args.out, synthetic=args.synthetic, data=args.data, size=args.size,
+        task=args.task, out=args.out, synthetic=args.synthetic, data=args.data, size=args.size, crop=args.crop,
         batch_size=args.batch_size, steps=args.steps, minutes=args.minutes, learning_rate=args.learning_rate,
         adversarial_weight=args.adversarial_weight, background_cue=args.background_cue,
-        image_transfer=args.image_transfer, base_channels=args.base_channels, validate_every=args.validate_every,
+        image_transfer=args.image_transfer, transfer_learning_rate_multiplier=args.transfer_lr_multiplier,
+        base_channels=args.base_channels, validate_every=args.validate_every,
         validation_samples=args.validation_samples, checkpoint_every=args.checkpoint_every, run_dir=args.run_dir,
         device=args.device, seed=args.seed, resume=args.resume,
     )

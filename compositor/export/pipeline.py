@@ -190,7 +190,7 @@ def export_all(
         "resolution": list(resolution),
         "max_batch": max_batch,
         "opset": spec.ONNX_OPSET,
-        "weights": {"untrained": list(networks.untrained), **(weights or {})},
+        "weights": {"untrained": list(networks.untrained), "sources": dict(networks.sources), **(weights or {})},
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -110,11 +110,18 @@ class StatisticsEncoder(nn.Sequential):
 class ImageColourTransfer(nn.Module):
     """Masked AdaIN at the image scale, in Lab, toward learned corrections of the background's statistics.
 
-    The foreground's mask-weighted Lab mean/std move to ``target = background statistics +
-    correction``. The correction (mean shift and log-std scale per Lab channel) comes from a small
-    head over the Lab statistics of both images and pooled features of the background and of the
-    foreground; its last layer starts at zero, so an untrained module is exactly Reinhard colour
-    transfer toward the complete background. The FP16 export keeps this module in FP32.
+    The foreground's mask-weighted Lab mean/std move to a target built from the background:
+
+    * a per-channel mix of the whole background's statistics and those of the *region* the object
+      stands in: behind the object for the complete cue (what only a complete background shows),
+      the object's surroundings for the partial cue. The object usually shares the lighting and
+      tone of the place it stands in more than those of the whole frame;
+    * plus a correction (mean shift, log-std scale per Lab channel, and a per-image change of the
+      mix) from a small head over the Lab statistics and pooled features of both images.
+
+    The mix starts at the whole background and the head's last layer at zero, so an untrained
+    module is exactly Reinhard colour transfer toward the complete background. The FP16 export keeps
+    this module in FP32.
 
     Args:
         feature_channels: channels of each statistics encoder.
@@ -125,6 +132,8 @@ class ImageColourTransfer(nn.Module):
     # Lab units per unit of the head's mean output: keeps the head's weights near 1e-2 for shifts
     # of a few L/a/b units, the scale Adam's steps suit.
     mean_scale = 10.0
+    # The partial cue's region: the surroundings within this fraction of the image side.
+    surround_fraction = 1 / 8
 
     def __init__(self, feature_channels: int = 32, hidden_channels: int = 64, input_scale: int = 4):
         super().__init__()
@@ -132,12 +141,24 @@ class ImageColourTransfer(nn.Module):
         self.background_encoder = StatisticsEncoder(3, feature_channels)
         self.foreground_encoder = StatisticsEncoder(4, feature_channels)
         self.correction = nn.Sequential(
-            nn.Conv2d(12 + 4 * feature_channels, hidden_channels, 1),
+            nn.Conv2d(18 + 4 * feature_channels, hidden_channels, 1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden_channels, 6, 1),
+            nn.Conv2d(hidden_channels, 12, 1),
         )
         nn.init.zeros_(self.correction[-1].weight)
         nn.init.zeros_(self.correction[-1].bias)
+        # How far each target statistic (3 means, 3 stds) moves from the whole background toward the
+        # region's; 0 at the start.
+        self.region_mix = nn.Parameter(torch.zeros(1, 6, 1, 1))
+
+    def region_weights(self, mask: torch.Tensor, background_weights: torch.Tensor | None) -> torch.Tensor:
+        """Where the object stands: behind it (complete cue) or, when the background behind it is
+        unknown (partial cue), its visible surroundings."""
+        if background_weights is None:
+            return mask
+        radius = max(1, int(mask.shape[-1] * self.surround_fraction) // 2)
+        near = F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+        return near * background_weights
 
     def forward(
         self,
@@ -147,8 +168,10 @@ class ImageColourTransfer(nn.Module):
         background_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         lab = rgb_to_lab(composite)
+        background_lab = rgb_to_lab(background)
         fg_mean, fg_std = masked_statistics(lab, mask)
-        bg_mean, bg_std = masked_statistics(rgb_to_lab(background), background_weights)
+        bg_mean, bg_std = masked_statistics(background_lab, background_weights)
+        region_mean, region_std = masked_statistics(background_lab, self.region_weights(mask, background_weights))
 
         pooled_mask = F.avg_pool2d(mask, self.input_scale)
         pooled_weights = None if background_weights is None else F.avg_pool2d(background_weights, self.input_scale)
@@ -159,15 +182,16 @@ class ImageColourTransfer(nn.Module):
         summary = torch.cat(
             [
                 # Lab statistics scaled to about unit range (L spans 0..100, a/b about -100..100).
-                fg_mean / 50.0, fg_std / 50.0, bg_mean / 50.0, bg_std / 50.0,
+                fg_mean / 50.0, fg_std / 50.0, bg_mean / 50.0, bg_std / 50.0, region_mean / 50.0, region_std / 50.0,
                 *masked_statistics(bg_features, feature_weights),
                 *masked_statistics(fg_features, feature_mask),
             ],
             dim=1,
         )
         correction = self.correction(summary)
-        target_mean = bg_mean + self.mean_scale * correction[:, :3]
-        target_std = bg_std * torch.exp(correction[:, 3:])
+        toward_region = (self.region_mix + correction[:, 6:]).clamp(0.0, 1.0)
+        target_mean = torch.lerp(bg_mean, region_mean, toward_region[:, :3]) + self.mean_scale * correction[:, :3]
+        target_std = torch.lerp(bg_std, region_std, toward_region[:, 3:]) * torch.exp(correction[:, 3:6])
         transferred = lab_to_rgb(transfer_statistics(lab, fg_mean, fg_std, target_mean, target_std))
         return mask * transferred + (1.0 - mask) * composite
 

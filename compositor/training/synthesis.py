@@ -252,6 +252,31 @@ def compose_batch(
     )
 
 
+def crop_around_band(batch: TrainingBatch, crop: int, generator: torch.Generator) -> TrainingBatch:
+    """A ``crop`` x ``crop`` window of every sample, centred on a random pixel of its boundary band.
+
+    Blending only changes pixels near the matte's edge; training on windows around it spends the
+    compute where the loss is, at the same pixel scale as the full synthesised image.
+    """
+    size = batch.target.shape[-1]
+    if crop >= size:
+        return batch
+    windows = []
+    for index in range(len(batch)):
+        band = batch.band[index, 0].flatten()
+        weights = band if band.sum() > 0 else torch.ones_like(band)
+        centre = int(torch.multinomial(weights, 1, generator=generator))
+        row, column = divmod(centre, size)
+        top = min(max(row - crop // 2, 0), size - crop)
+        left = min(max(column - crop // 2, 0), size - crop)
+        windows.append((top, left))
+    fields_ = {}
+    for name in batch.__dataclass_fields__:
+        tensor = getattr(batch, name)
+        fields_[name] = torch.stack([tensor[i, :, t : t + crop, l : l + crop] for i, (t, l) in enumerate(windows)])
+    return TrainingBatch(**fields_)
+
+
 def fixed_batches(synthesizer: CompositeSynthesizer, count: int, batch_size: int) -> list[TrainingBatch]:
     """``count`` samples drawn once (validation and evaluation sets: the same every time for one seed)."""
     batches, left = [], count

@@ -30,7 +30,7 @@ from compositor.training.checkpoint import load_checkpoint, save_checkpoint
 from compositor.training.data import DataSplit, build_data
 from compositor.training.discriminator import DomainDiscriminator
 from compositor.training.losses import blending_loss, lsgan_loss, psnr
-from compositor.training.synthesis import TrainingBatch, fixed_batches
+from compositor.training.synthesis import TrainingBatch, crop_around_band, fixed_batches
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class TrainConfig:
     synthetic: bool = False
     data: Path | None = None
     size: int = 512
+    crop: int | None = None
     batch_size: int = 4
     steps: int = 20000
     minutes: float | None = None
@@ -54,6 +55,7 @@ class TrainConfig:
     adversarial_weight: float = 0.0
     background_cue: str = "complete"
     image_transfer: bool = True
+    transfer_learning_rate_multiplier: float = 10.0
     base_channels: int = 16
     validate_every: int = 250
     validation_samples: int = 64
@@ -72,6 +74,8 @@ class TrainConfig:
             self.learning_rate = PAPER_LEARNING_RATES[self.task]
         if self.adversarial_weight < 0:
             raise ValueError(f"adversarial weight must be >= 0, got {self.adversarial_weight}")
+        if self.crop is not None and (self.crop % 32 or self.crop > self.size):
+            raise ValueError(f"crop must be a multiple of 32 no larger than the size {self.size}, got {self.crop}")
         if self.task == "blending" and self.adversarial_weight:
             raise ValueError("the adversarial loss belongs to harmonization; blending trains on L1 + band L1")
 
@@ -87,6 +91,19 @@ def build_network(config: TrainConfig) -> nn.Module:
         return HarmonizationUNet(
             base_channels=config.base_channels, image_transfer=config.image_transfer, background_cue=config.background_cue
         )
+
+
+def parameter_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
+    """Adam parameter groups: the paper's rate for the paper's net; the image-scale colour transfer
+    (a few hundred weights of ours, whose statistics mix has to travel far) a multiple of it."""
+    transfer = getattr(network, "image_transfer", None)
+    if transfer is None:
+        return [{"params": list(network.parameters()), "lr": config.learning_rate}]
+    transfer_ids = {id(p) for p in transfer.parameters()}
+    return [
+        {"params": [p for p in network.parameters() if id(p) not in transfer_ids], "lr": config.learning_rate},
+        {"params": list(transfer.parameters()), "lr": config.learning_rate * config.transfer_learning_rate_multiplier},
+    ]
 
 
 def run_network(task: str, network: nn.Module, batch: TrainingBatch) -> torch.Tensor:
@@ -139,7 +156,7 @@ class Trainer:
             raise ValueError("--device cuda: no CUDA device is available to PyTorch on this machine")
         self.data = data or build_data(config.synthetic, config.data, config.size, config.seed, config.task)
         self.network = build_network(config).to(config.device).train()
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate, betas=(0.9, 0.999))
+        self.optimizer = torch.optim.Adam(parameter_groups(self.network, config), betas=(0.9, 0.999))
         self.modules: dict[str, nn.Module] = {"model": self.network}
         self.optimizers = {"optimizer": self.optimizer}
         self.discriminator = None
@@ -253,7 +270,10 @@ class Trainer:
                 if config.minutes is not None and self.elapsed_s >= config.minutes * 60:
                     log.info("time budget of %.1f min reached at step %d", config.minutes, self.step)
                     break
-                batch = self.data.train.batch(config.batch_size).to(config.device)
+                batch = self.data.train.batch(config.batch_size)
+                if config.crop:
+                    batch = crop_around_band(batch, config.crop, self.data.train.generator)
+                batch = batch.to(config.device)
                 losses = self.train_step(batch)
                 self.step += 1
                 window_images += len(batch)
