@@ -35,7 +35,6 @@ from compositor.networks.layers import (
     zero_initialised_conv,
 )
 
-STATISTICS_EPS = 1e-5
 BACKGROUND_CUES = ("complete", "partial")
 
 
@@ -80,18 +79,9 @@ class MaskedAdaIN(nn.Module):
     ) -> torch.Tensor:
         """Restyle ``features`` inside ``mask``; ``background_weights`` limits the background's statistics
         to part of it (the partial-cue ablation), by default every background pixel counts."""
-        mask_area = mask.sum(dim=(2, 3), keepdim=True) + STATISTICS_EPS
-        fg_mean = (features * mask).sum(dim=(2, 3), keepdim=True) / mask_area
-        fg_var = ((features - fg_mean) ** 2 * mask).sum(dim=(2, 3), keepdim=True) / mask_area
-        if background_weights is None:
-            bg_mean = background_features.mean(dim=(2, 3), keepdim=True)
-            bg_var = ((background_features - bg_mean) ** 2).mean(dim=(2, 3), keepdim=True)
-        else:
-            bg_area = background_weights.sum(dim=(2, 3), keepdim=True) + STATISTICS_EPS
-            bg_mean = (background_features * background_weights).sum(dim=(2, 3), keepdim=True) / bg_area
-            bg_var = ((background_features - bg_mean) ** 2 * background_weights).sum(dim=(2, 3), keepdim=True) / bg_area
-        normalised = (features - fg_mean) * torch.rsqrt(fg_var + STATISTICS_EPS)
-        restyled = normalised * torch.sqrt(bg_var + STATISTICS_EPS) + bg_mean
+        fg_mean, fg_std = masked_statistics(features, mask)
+        bg_mean, bg_std = masked_statistics(background_features, background_weights)
+        restyled = transfer_statistics(features, fg_mean, fg_std, bg_mean, bg_std)
         return mask * restyled + (1.0 - mask) * features
 
 
