@@ -99,6 +99,18 @@ def test_an_untrained_image_transfer_harmonizer_is_exactly_the_classical_colour_
     assert torch.equal(output, evaluation.colour_transfer_baseline(batch).clamp(0, 1))
 
 
+def test_an_untrained_matte_correcting_blending_net_is_exactly_linear_blending_and_its_head_moves_the_edge(batch):
+    from compositor.networks.blending import BlendingUNet
+
+    net = BlendingUNet(base_channels=8, refine_alpha=True).eval()
+    inputs = (batch.source, batch.imperfect_alpha, batch.background)
+    linear = batch.imperfect_alpha * batch.source + (1 - batch.imperfect_alpha) * batch.background
+    with torch.no_grad():
+        assert torch.equal(net(*inputs), linear.clamp(0, 1))
+        net.alpha_head.bias.fill_(1.0)  # "everything is foreground": the source comes through
+        assert torch.allclose(net(*inputs), batch.source)
+
+
 def test_the_partial_cue_net_never_sees_the_background_behind_the_object(batch):
     torch.manual_seed(0)
     inputs = (batch.harmonization_input, batch.alpha)

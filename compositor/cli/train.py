@@ -47,6 +47,8 @@ def register(subparsers) -> None:
                         help="harmonization: the complete background (the paper) or only what lies outside the mask (the ablation)")
     parser.add_argument("--no-image-transfer", dest="image_transfer", action="store_false",
                         help="harmonization: the paper's exact net, without the image-scale Lab colour transfer in front")
+    parser.add_argument("--no-refine-alpha", dest="refine_alpha", action="store_false",
+                        help="blending: the paper's exact net, a colour residual only, without the matte-correction head")
     parser.add_argument("--transfer-lr-multiplier", type=float, default=10.0, metavar="K",
                         help="harmonization: the image-scale colour transfer learns at K times the learning rate (default 10)")
     parser.add_argument("--base-channels", type=positive_int, default=16, help="U-Net width at full resolution (default 16)")
@@ -70,6 +72,8 @@ def run(args) -> int:
 
     if args.task == "blending" and (args.background_cue != "complete" or not args.image_transfer or args.adversarial_weight):
         raise CommandError("--background-cue, --no-image-transfer and --adversarial-weight apply to harmonization only")
+    if args.task == "harmonization" and not args.refine_alpha:
+        raise CommandError("--no-refine-alpha applies to blending only")
     if args.size % 32:
         raise CommandError(f"--size must be a multiple of 32, got {args.size}")
     if args.data is not None and not args.data.is_dir():
@@ -82,7 +86,7 @@ def run(args) -> int:
         task=args.task, out=args.out, synthetic=args.synthetic, data=args.data, size=args.size, crop=args.crop,
         batch_size=args.batch_size, steps=args.steps, minutes=args.minutes, learning_rate=args.learning_rate,
         adversarial_weight=args.adversarial_weight, background_cue=args.background_cue,
-        image_transfer=args.image_transfer, transfer_learning_rate_multiplier=args.transfer_lr_multiplier,
+        image_transfer=args.image_transfer, refine_alpha=args.refine_alpha, transfer_learning_rate_multiplier=args.transfer_lr_multiplier,
         base_channels=args.base_channels, validate_every=args.validate_every,
         validation_samples=args.validation_samples, checkpoint_every=args.checkpoint_every, run_dir=args.run_dir,
         device=args.device, seed=args.seed, resume=args.resume,

@@ -4,6 +4,12 @@ Linear blending of a photo onto a new background with an imperfect matte leaves 
 (the old background shining through hair and lace). The net sees the source, the imperfect alpha
 and the complete new background and predicts a residual over the linear composite; its last layer
 starts at zero, so an untrained net is exactly linear blending.
+
+With ``refine_alpha=True`` a second zero-initialised head corrects the matte itself before the
+linear composite: most of what an imperfect matte gets wrong is *where* the edge is (eroded or
+dilated), which a correction of alpha expresses directly, while the colour residual handles what
+no alpha can (the old background's colour inside soft edges). On synthetic data the true matte in
+place of the imperfect one gains about 8 dB in the boundary band, so this is where the error is.
 """
 
 from __future__ import annotations
@@ -28,16 +34,20 @@ class BlendingUNet(nn.Module):
     Args:
         base_channels: channels at full resolution; doubled at each of the ``levels - 1`` poolings.
         levels: encoder levels (4 by default: full, 1/2, 1/4, 1/8 resolution).
+        refine_alpha: add the zero-initialised matte-correction head (off: the paper's net).
     """
 
-    def __init__(self, base_channels: int = 16, levels: int = 4):
+    def __init__(self, base_channels: int = 16, levels: int = 4, refine_alpha: bool = False):
         super().__init__()
         # Recorded so saved weights can rebuild the architecture (networks/weights.py).
         self.hyperparameters = {"base_channels": base_channels, "levels": levels}
+        if refine_alpha:
+            self.hyperparameters["refine_alpha"] = True
         widths = unet_widths(base_channels, levels)
         self.encoders = UNetEncoder(7, widths)
         self.decoders = nn.ModuleList(ConvBlock(deep + skip, skip) for deep, skip in decoder_pairs(widths))
         self.residual_head = zero_initialised_conv(widths[0], 3)
+        self.alpha_head = zero_initialised_conv(widths[0], 1) if refine_alpha else None
 
     def forward(self, source: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
         """Blend ``source`` onto ``background`` (all [B, C, H, W] in [0, 1]); returns [B, 3, H, W]."""
@@ -46,4 +56,6 @@ class BlendingUNet(nn.Module):
         for decoder, skip in zip(self.decoders, reversed(skips[:-1])):
             features = decoder(torch.cat([upsample_to(features, skip), skip], dim=1))
         residual = self.residual_head(features)
+        if self.alpha_head is not None:
+            alpha = (alpha + self.alpha_head(features)).clamp(0.0, 1.0)
         return (linear_composite(source, alpha, background) + residual).clamp(0.0, 1.0)

@@ -55,6 +55,7 @@ class TrainConfig:
     adversarial_weight: float = 0.0
     background_cue: str = "complete"
     image_transfer: bool = True
+    refine_alpha: bool = True
     transfer_learning_rate_multiplier: float = 10.0
     base_channels: int = 16
     validate_every: int = 250
@@ -87,7 +88,7 @@ def build_network(config: TrainConfig) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if config.task == "blending":
-            return BlendingUNet(base_channels=config.base_channels)
+            return BlendingUNet(base_channels=config.base_channels, refine_alpha=config.refine_alpha)
         return HarmonizationUNet(
             base_channels=config.base_channels, image_transfer=config.image_transfer, background_cue=config.background_cue
         )
@@ -195,7 +196,7 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path}")
         info = load_checkpoint(self.checkpoint_path, self.modules, self.optimizers)
-        saved = {k: v for k, v in info["config"].items() if k in ("task", "size", "background_cue", "image_transfer", "base_channels")}
+        saved = {k: v for k, v in info["config"].items() if k in ("task", "size", "background_cue", "image_transfer", "refine_alpha", "base_channels")}
         current = {k: v for k, v in self.config.as_json().items() if k in saved}
         if saved != current:
             raise ValueError(f"--resume: the checkpoint was made with {saved}, this run asks for {current}")
