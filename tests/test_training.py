@@ -181,6 +181,54 @@ def test_synthetic_data_without_the_wallpapers_says_which_package_to_install(mon
         photos.synthetic_groups()
 
 
+def test_a_matting_set_gives_real_mattes_to_the_synthesis(tmp_path):
+    from compositor.training.data import build_data
+
+    (tmp_path / "image").mkdir()
+    (tmp_path / "alpha").mkdir()
+    names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"]
+    for name in names:
+        Image.fromarray(small(getattr(skimage.data, name)())).save(tmp_path / "image" / f"{name}.jpg")
+        matte = np.zeros((80, 80), np.uint8)
+        matte[20:, 25:55] = 255  # a hard-edged block: nothing like the synthetic portrait mattes
+        Image.fromarray(np.asarray(Image.fromarray(matte).resize(Image.open(tmp_path / "image" / f"{name}.jpg").size))).save(
+            tmp_path / "alpha" / f"{name}.png")
+    data = build_data(False, tmp_path, SIZE, seed=0, task="blending")
+    batch = data.train.batch(2)
+    assert data.description["data"].startswith("matting set")
+    # Real hard mattes stay (almost) binary after resizing; synthetic ones are soft over many pixels.
+    soft = ((batch.alpha > 0.05) & (batch.alpha < 0.95)).float().mean()
+    assert soft < 0.05 and (batch.alpha > 0.5).float().mean() > 0.1
+
+
+def test_iharmony4_trains_harmonization_only_with_its_triplets(tmp_path):
+    from compositor.training.data import build_data
+
+    subset = tmp_path / "HFlickr"
+    for folder in ("composite_images", "masks", "real_images"):
+        (subset / folder).mkdir(parents=True)
+    lines = {"train": [], "test": []}
+    for index, name in enumerate(["astronaut", "coffee", "chelsea", "rocket"]):
+        real = small(getattr(skimage.data, name)(), 64)[:64, :64]
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:48, 16:48] = 255
+        composite = real.copy()
+        composite[16:48, 16:48] = 255 - composite[16:48, 16:48]
+        Image.fromarray(real).save(subset / "real_images" / f"r{index}.jpg")
+        Image.fromarray(mask).save(subset / "masks" / f"r{index}_1.png")
+        Image.fromarray(composite).save(subset / "composite_images" / f"r{index}_1_1.jpg")
+        lines["train" if index < 3 else "test"].append(f"r{index}_1_1.jpg")
+    for split, names in lines.items():
+        (subset / f"HFlickr_{split}.txt").write_text("\n".join(names) + "\n")
+    with pytest.raises(ValueError, match="no mattes for blending"):
+        build_data(False, tmp_path, SIZE, seed=0, task="blending")
+    data = build_data(False, tmp_path, SIZE, seed=0, task="harmonization")
+    batch = data.train.batch(2)
+    inside = (batch.alpha > 0.5).expand_as(batch.target)
+    assert (batch.harmonization_input - batch.target).abs()[inside].mean() > 0.2  # the inverted square
+    assert (batch.harmonization_input - batch.target).abs()[~inside].mean() < 0.05
+
+
 # --- Losses and metrics ---------------------------------------------------------------------------
 
 
