@@ -393,3 +393,19 @@ def test_train_refuses_harmonization_options_for_blending_and_a_missing_folder(t
     assert run.returncode == 2 and "apply to harmonization only" in run.stderr
     run = compositor("train", "blending", "--data", tmp_path / "missing", "--out", tmp_path / "b.safetensors")
     assert run.returncode == 2 and "not a folder" in run.stderr
+
+
+def test_weights_stored_in_half_precision_load_as_float32_and_say_so(tmp_path, batch):
+    from compositor.networks.blending import BlendingUNet
+    from compositor.networks.weights import load_network, save_network
+
+    net = BlendingUNet(base_channels=8, refine_alpha=True).eval()
+    with torch.no_grad():
+        net.alpha_head.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    save_network(net, tmp_path / "half.safetensors", {"made": "by a test"}, half=True)
+    loaded = load_network(tmp_path / "half.safetensors")
+    assert read_metadata(tmp_path / "half.safetensors")["storage_dtype"] == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    inputs = (batch.source, batch.imperfect_alpha, batch.background)
+    with torch.no_grad():
+        assert (net(*inputs) - loaded(*inputs)).abs().max() < 5e-3

@@ -26,13 +26,15 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (Blend
 FORMAT = "compositor-weights/1"
 
 
-def save_network(model: nn.Module, path: str | Path, provenance: dict | None = None) -> Path:
+def save_network(model: nn.Module, path: str | Path, provenance: dict | None = None, half: bool = False) -> Path:
     """Write ``model``'s weights, architecture and provenance to a safetensors file (atomically).
 
     Args:
         model: a ``BlendingUNet`` or ``HarmonizationUNet``.
         path: destination, conventionally ``*.safetensors``.
         provenance: how the weights were made (data, steps, seed, commit); stored verbatim as JSON.
+        half: store floating-point tensors as float16 (half the file; loading casts them back to the
+            network's float32, so what runs is exactly what the file holds).
     """
     architecture = type(model).__name__
     if architecture not in ARCHITECTURES:
@@ -43,8 +45,12 @@ def save_network(model: nn.Module, path: str | Path, provenance: dict | None = N
         "architecture": architecture,
         "hyperparameters": json.dumps(model.hyperparameters),
         "provenance": json.dumps(provenance or {}),
+        "storage_dtype": "float16" if half else "float32",
     }
-    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    tensors = {
+        key: (value.half() if half and value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in model.state_dict().items()
+    }
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
     return path

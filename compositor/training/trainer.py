@@ -316,6 +316,7 @@ class Trainer:
             "threads": torch.get_num_threads(),
             "commit": _git_commit(),
         }
-        save_network(best, self.config.out, provenance)
+        # Stored in float16 to keep the committed files small; the evaluation runs these very values.
+        save_network(best, self.config.out, provenance, half=True)
         log.info("wrote %s (step %d of %d, %s)", self.config.out, self.best["step"], self.step, json.dumps(self.best["metrics"]))
         return provenance
