@@ -36,3 +36,37 @@ def comparison_strip(panels: list[tuple[str, np.ndarray]], panel_height: int = 3
     for tile in tiles[1:]:
         strip += [gap, tile]
     return np.concatenate(strip, axis=1)
+
+
+def edge_window(alpha: np.ndarray, window: int) -> tuple[int, int]:
+    """(top, left) of the ``window`` x ``window`` square holding the most soft-edge matte pixels.
+
+    That is where blending differs from a linear paste, so it is the place to zoom in on.
+    """
+    height, width = alpha.shape[:2]
+    window = min(window, height, width)
+    edge = ((alpha[..., 0] > 0) & (alpha[..., 0] < 255)).astype(np.int64)
+    # Summed-area table: the edge count of every window in one pass.
+    table = np.pad(edge.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    counts = table[window:, window:] - table[:-window, window:] - table[window:, :-window] + table[:-window, :-window]
+    top, left = np.unravel_index(int(np.argmax(counts)), counts.shape)
+    return int(top), int(left)
+
+
+def edge_zoom_strip(alpha: np.ndarray, panels: list[tuple[str, np.ndarray]], window: int = 96, zoom: int = 4) -> np.ndarray:
+    """The same edge window of every panel, enlarged ``zoom`` times (nearest neighbour, pixels shown as they are)."""
+    top, left = edge_window(alpha, window)
+    size = min(window, *alpha.shape[:2])
+    zoomed = []
+    for label, image in panels:
+        crop = image[top : top + size, left : left + size]
+        enlarged = np.asarray(Image.fromarray(crop).resize((size * zoom, size * zoom), Image.NEAREST))
+        zoomed.append((f"{label}, x{zoom} at the matte's edge", enlarged))
+    return comparison_strip(zoomed, panel_height=size * zoom)
+
+
+def stack_rows(rows: list[np.ndarray], gap: int = 6) -> np.ndarray:
+    """Stack uint8 images vertically on white, left-aligned."""
+    width = max(row.shape[1] for row in rows)
+    padded = [np.pad(row, ((0, gap), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    return np.concatenate(padded, axis=0)[:-gap]

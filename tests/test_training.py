@@ -100,15 +100,19 @@ def test_an_untrained_image_transfer_harmonizer_is_exactly_the_classical_colour_
 
 
 def test_an_untrained_matte_correcting_blending_net_is_exactly_linear_blending_and_its_head_moves_the_edge(batch):
-    from compositor.networks.blending import BlendingUNet
+    from compositor.networks.blending import BlendingUNet, edge_region
 
     net = BlendingUNet(base_channels=8, refine_alpha=True).eval()
     inputs = (batch.source, batch.imperfect_alpha, batch.background)
     linear = batch.imperfect_alpha * batch.source + (1 - batch.imperfect_alpha) * batch.background
     with torch.no_grad():
         assert torch.equal(net(*inputs), linear.clamp(0, 1))
-        net.alpha_head.bias.fill_(1.0)  # "everything is foreground": the source comes through
-        assert torch.allclose(net(*inputs), batch.source)
+        net.alpha_head.bias.fill_(1.0)  # "all foreground": the source comes through, but only near the edge
+        output = net(*inputs)
+    near_edge = edge_region(batch.imperfect_alpha).bool().expand_as(output)
+    assert torch.allclose(output[near_edge], batch.source[near_edge])
+    assert torch.allclose(output[~near_edge], linear.clamp(0, 1)[~near_edge])
+    assert 0.05 < near_edge.float().mean() < 0.6
 
 
 def test_the_partial_cue_net_never_sees_the_background_behind_the_object(batch):

@@ -1,7 +1,8 @@
 """Composite a portrait onto a new, complete background (in-process with --local, or via Triton).
 
 Writes DIR/alpha.png, DIR/blended.png, DIR/harmonized.png at the source's size and
-DIR/comparison.png (source | background | linear paste | blended | harmonized).
+DIR/comparison.png (source | background | linear paste | blended | harmonized, and below them the
+three composites enlarged where the matte's edge is softest).
 
 Exactly one of --local (eager PyTorch in this process) or --url (a Triton server running the
 compositor repository, e.g. started by 'compositor serve') says where the networks run.
@@ -25,7 +26,7 @@ from compositor import imaging
 from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
 from compositor.client.remote import DEFAULT_TIMEOUT_S, PROTOCOLS, ClientError, CompositorClient
-from compositor.figures import comparison_strip, linear_paste
+from compositor.figures import comparison_strip, edge_zoom_strip, linear_paste, stack_rows
 from compositor.pipeline import CompositeResult, EagerPipeline
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,19 @@ def run_remote(args, source, background, alpha) -> CompositeResult:
 def write_outputs(out_dir: Path, source, background, result: CompositeResult) -> list[Path]:
     """Write the three outputs and the comparison strip; every file is written atomically."""
     background_full = imaging.cover_resize(background[None], source.shape[:2])[0]
+    pasted = linear_paste(source, result.alpha, background_full)
     comparison = comparison_strip(
         [
             ("source", source),
             ("background", background_full),
-            ("linear paste", linear_paste(source, result.alpha, background_full)),
+            ("linear paste", pasted),
             ("blended", result.blended),
             ("harmonized", result.harmonized),
         ]
     )
+    # A second row zooms in where the matte is soft: where blending and a linear paste differ.
+    zoom = edge_zoom_strip(result.alpha, [("linear paste", pasted), ("blended", result.blended), ("harmonized", result.harmonized)])
+    comparison = stack_rows([comparison, zoom])
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         imaging.write_image(out_dir / "alpha.png", result.alpha),

@@ -201,7 +201,7 @@ def held_out_batches(synthesizer: CompositeSynthesizer, samples: int, batch_size
 def example_figure(blending: nn.Module, harmonizers: Harmonizers, batch: TrainingBatch, rows: int = 3) -> np.ndarray:
     """Rows of held-out examples: blending (source, linear, learned, target) then harmonization
     (input, colour transfer, partial cue, ours, target), as one uint8 image."""
-    from compositor.figures import comparison_strip
+    from compositor.figures import comparison_strip, stack_rows
 
     def image(tensor: torch.Tensor) -> np.ndarray:
         return (tensor.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
@@ -222,6 +222,4 @@ def example_figure(blending: nn.Module, harmonizers: Harmonizers, batch: Trainin
             panels.append(("partial cue", image(harmonizers.partial(*inputs)[0])))
         panels += [("ours (complete cue)", image(harmonizers.complete(*inputs)[0])), ("target", image(sample.target[0]))]
         strips.append(comparison_strip(panels, panel_height=sample.target.shape[-2]))
-    width = max(s.shape[1] for s in strips)
-    padded = [np.pad(s, ((0, 6), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
-    return np.concatenate(padded, axis=0)
+    return stack_rows(strips)
