@@ -363,6 +363,19 @@ def test_readiness_rejects_an_operator_missing_from_tensorrts_list(exported):
         readiness.check_tensorrt_readiness(model, "blending", RESOLUTION)
 
 
+def test_comparisons_are_checked_on_the_type_they_compare_not_their_bool_output():
+    def model_with(op_type, input_type):
+        graph = helper.make_graph(
+            [helper.make_node(op_type, ["a", "b"], ["c"], name="/compare")], "g",
+            [helper.make_tensor_value_info("a", input_type, [2]), helper.make_tensor_value_info("b", input_type, [2])],
+            [helper.make_tensor_value_info("c", TensorProto.BOOL, [2])],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert check_operators(model_with("Greater", TensorProto.FLOAT)).unsupported_types == []
+    assert check_operators(model_with("Equal", TensorProto.BOOL)).unsupported_types == ["Equal(BOOL)"]
+
+
 def test_profile_matches_the_triton_config_the_repository_generates(exported):
     _, report = exported
 

@@ -90,11 +90,15 @@ class OperatorCheck:
         }
 
 
+COMPARISONS = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"})
+
+
 def check_operators(model: onnx.ModelProto) -> OperatorCheck:
     """Compare every node's operator, and the float type it computes in, with TensorRT's list.
 
     The type checked for a node is the element type of its first output (``Cast`` is checked on
-    its input and output); non-default domains are unsupported by definition (no plugins here).
+    its input and output, comparisons on their input: their output is always BOOL, and the list
+    names the types they compare); non-default domains are unsupported by definition (no plugins).
     """
     operators = tensorrt_operators()
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -110,7 +114,10 @@ def check_operators(model: onnx.ModelProto) -> OperatorCheck:
         if qualified not in operators:
             unsupported.add(qualified)
             continue
-        tensors = [node.output[0]] + ([node.input[0]] if node.op_type == "Cast" else [])
+        if node.op_type in COMPARISONS:
+            tensors = [node.input[0]]
+        else:
+            tensors = [node.output[0]] + ([node.input[0]] if node.op_type == "Cast" else [])
         for tensor in tensors:
             type_name = _TYPE_NAMES.get(elem_type.get(tensor))
             if type_name and type_name not in operators.types[qualified]:
