@@ -43,7 +43,10 @@ def edge_region(alpha: torch.Tensor) -> torch.Tensor:
     radius = max(1, int(alpha.shape[-1] * EDGE_FRACTION))
     dilated = F.max_pool2d(alpha, 2 * radius + 1, stride=1, padding=radius)
     eroded = -F.max_pool2d(-alpha, 2 * radius + 1, stride=1, padding=radius)
-    return ((dilated - eroded) > 0.01).to(alpha.dtype)
+    # A steep ramp instead of a comparison: 1 wherever dilation and erosion differ by 0.01 or more,
+    # and plain arithmetic that the FP16 pass and TensorRT take as is (a comparison's BOOL output
+    # would need its own casting rules).
+    return ((dilated - eroded) * 100.0).clamp(0.0, 1.0)
 
 
 class BlendingUNet(nn.Module):
