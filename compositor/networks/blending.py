@@ -15,13 +15,14 @@ place of the imperfect one gains about 8 dB in the boundary band, so this is whe
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compositor.networks.layers import (
     ConvBlock,
     UNetEncoder,
     decoder_pairs,
+    dilate,
+    erode,
     linear_composite,
     unet_widths,
     upsample_to,
@@ -41,8 +42,7 @@ def edge_region(alpha: torch.Tensor) -> torch.Tensor:
     a net trained at 256 before this gate existed).
     """
     radius = max(1, int(alpha.shape[-1] * EDGE_FRACTION))
-    dilated = F.max_pool2d(alpha, 2 * radius + 1, stride=1, padding=radius)
-    eroded = -F.max_pool2d(-alpha, 2 * radius + 1, stride=1, padding=radius)
+    dilated, eroded = dilate(alpha, radius), erode(alpha, radius)
     # A steep ramp instead of a comparison: 1 wherever dilation and erosion differ by 0.01 or more,
     # and plain arithmetic that the FP16 pass and TensorRT take as is (a comparison's BOOL output
     # would need its own casting rules).

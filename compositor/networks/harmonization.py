@@ -30,6 +30,7 @@ from compositor.networks.layers import (
     ConvBlock,
     UNetEncoder,
     decoder_pairs,
+    dilate,
     unet_widths,
     upsample_to,
     zero_initialised_conv,
@@ -147,7 +148,7 @@ class ImageColourTransfer(nn.Module):
         if background_weights is None:
             return mask
         radius = max(1, int(mask.shape[-1] * self.surround_fraction) // 2)
-        near = F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+        near = dilate(mask, radius)
         return near * background_weights
 
     def forward(

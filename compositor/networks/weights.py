@@ -73,6 +73,16 @@ def read_metadata(path: str | Path) -> dict:
     return metadata
 
 
+def describe_provenance(provenance: dict) -> str:
+    """One line on how weights were made (the full record stays in the file's metadata)."""
+    if not provenance:
+        return "no provenance recorded"
+    if provenance.get("trained_by") == "compositor train":
+        return (f"trained by compositor train on {provenance.get('data', {}).get('data', '?')}: step "
+                f"{provenance.get('best_step')} of {provenance.get('steps_trained')}, commit {provenance.get('commit')}")
+    return ", ".join(f"{key}={value}" for key, value in list(provenance.items())[:4])
+
+
 def load_network(path: str | Path, expected: type[nn.Module] | None = None) -> nn.Module:
     """Rebuild a network from a weights file, in eval mode.
 
@@ -91,5 +101,5 @@ def load_network(path: str | Path, expected: type[nn.Module] | None = None) -> n
     with safe_open(str(path), framework="pt") as handle:
         state = {key: handle.get_tensor(key) for key in handle.keys()}
     model.load_state_dict(state, strict=True)
-    log.info("loaded %s from %s (provenance: %s)", architecture, path, metadata["provenance"] or "none recorded")
+    log.info("loaded %s from %s (%s)", architecture, path, describe_provenance(metadata["provenance"]))
     return model.eval()

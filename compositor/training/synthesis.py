@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from compositor.networks.colour import reinhard_transfer
+from compositor.networks.layers import dilate, erode
 
 CROP_SCALE = (0.5, 1.0)
 """Side of a square crop, as a fraction of the photo's short side."""
@@ -118,14 +119,6 @@ def portrait_mattes(batch: int, size: int, generator: torch.Generator) -> torch.
     alpha = torch.sigmoid(-distance * size / edge_px * 2.0)
     # Exact 0 and 1 away from the edge, as real mattes have.
     return torch.where(alpha < 0.01, torch.zeros_like(alpha), torch.where(alpha > 0.99, torch.ones_like(alpha), alpha))
-
-
-def dilate(alpha: torch.Tensor, radius: int) -> torch.Tensor:
-    return F.max_pool2d(alpha, 2 * radius + 1, stride=1, padding=radius) if radius > 0 else alpha
-
-
-def erode(alpha: torch.Tensor, radius: int) -> torch.Tensor:
-    return -dilate(-alpha, radius)
 
 
 def boundary_band(alpha: torch.Tensor, radius: int) -> torch.Tensor:
