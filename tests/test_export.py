@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from compositor import spec
 from compositor.export import fp16, parity, pipeline, readiness
@@ -208,6 +209,25 @@ def test_fp16_meets_the_alpha_and_psnr_tolerances_on_photos_and_is_finite_everyw
                 assert result["psnr_db"] is None or result["psnr_db"] >= 40.0
         assert all(o["finite"] for case in fp16_parity["cases"].values() for o in case.values())
         assert entry["fp16"]["headroom"]["passed"]
+
+
+def test_fp16_conversion_gives_both_sides_of_a_comparison_one_precision():
+    # Greater(FP16 activation, FP32 constant) would be a type error; the constant is converted.
+    nodes = [
+        helper.make_node("Mul", ["x", "scale"], ["scaled"], name="/mul"),
+        helper.make_node("Greater", ["scaled", "threshold"], ["above"], name="/greater"),
+        helper.make_node("Cast", ["above"], ["y"], name="/cast", to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.full(4, 2.0, np.float32), "scale"), numpy_helper.from_array(np.array(0.5, np.float32), "threshold")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    converted, _ = fp16.convert_to_mixed_precision(model, fp16.precision_ladder(torch.nn.Identity())[0])
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], [0.0, 0.0, 1.0, 1.0])
 
 
 def test_fp16_conversion_keeps_the_weights_of_fp32_nodes_exact(exported):

@@ -178,7 +178,9 @@ def convert_to_mixed_precision(
         node.CopyFrom(original)
         float_outputs = [o for o in node.output if elem_type.get(o) == TensorProto.FLOAT]
         if not float_outputs:
-            # Shape, Gather on int64 shapes, ...: no float compute, accept inputs as they come.
+            # Shape, Gather on int64 shapes, ...: no float compute, accept inputs as they come;
+            # but inputs the schema types alike (Greater(A: T, B: T) -> BOOL) must agree.
+            _align_alike_inputs(node, opset, home, in_precision, policy)
             new_nodes.append(node)
             continue
         precision = TensorProto.FLOAT if policy.keeps_fp32(node) else TensorProto.FLOAT16
@@ -237,6 +239,23 @@ def convert_to_mixed_precision(
     result = onnx.shape_inference.infer_shapes(result, strict_mode=True)
     onnx.checker.check_model(result, full_check=True)
     return result, summary
+
+
+def _align_alike_inputs(node: onnx.NodeProto, opset: int, home: dict[str, int], in_precision, policy: PrecisionPolicy) -> None:
+    """Give a non-float node's float inputs of one schema type (a comparison's two sides) one precision.
+
+    A comparison of an FP16 activation with an FP32 constant is a type error; the constant side is
+    converted (free for a weight), or both stay FP32 where the policy keeps the node in FP32.
+    """
+    floats = [index for index, name in enumerate(node.input) if name in home]
+    if len(floats) < 2 or len({home[node.input[index]] for index in floats}) == 1:
+        return
+    schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+    if len({schema.inputs[min(index, len(schema.inputs) - 1)].type_str for index in floats}) != 1:
+        return
+    precision = TensorProto.FLOAT if policy.keeps_fp32(node) else TensorProto.FLOAT16
+    for index in floats:
+        node.input[index] = in_precision(node.input[index], precision)
 
 
 def _convert_initializer(tensor: onnx.TensorProto, name: str, precision: int) -> onnx.TensorProto:

@@ -43,9 +43,8 @@ def edge_region(alpha: torch.Tensor) -> torch.Tensor:
     """
     radius = max(1, int(alpha.shape[-1] * EDGE_FRACTION))
     dilated, eroded = dilate(alpha, radius), erode(alpha, radius)
-    # A steep ramp instead of a comparison: 1 wherever dilation and erosion differ by 0.01 or more,
-    # and plain arithmetic that the FP16 pass and TensorRT take as is (a comparison's BOOL output
-    # would need its own casting rules).
+    # A steep ramp: 1 wherever dilation and erosion differ by 0.01 or more; plain float arithmetic
+    # (Mul, Clip) in every runtime, no BOOL tensor in the graph.
     return ((dilated - eroded) * 100.0).clamp(0.0, 1.0)
 
 
