@@ -342,7 +342,7 @@ def test_evaluation_of_untrained_nets_equals_the_baselines_they_start_from(batch
 
 
 def test_flicker_is_zero_for_a_harmonizer_that_ignores_the_surroundings_and_not_for_one_that_uses_them(batch):
-    sample = evaluation._select(batch, 0)
+    sample = batch.select(0)
 
     class Identity(torch.nn.Module):
         def forward(self, composite, mask, background):

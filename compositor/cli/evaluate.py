@@ -86,6 +86,7 @@ def run(args) -> int:
     from compositor.networks.weights import load_network
     from compositor.training import evaluation
     from compositor.training.readers import DataError
+    from compositor.training.synthesis import fixed_batches
 
     if args.size % 32:
         raise CommandError(f"--size must be a multiple of 32, got {args.size}")
@@ -102,7 +103,7 @@ def run(args) -> int:
         synthesizer, description = evaluation.held_out_synthesizer(args.synthetic, args.data, args.size)
     except DataError as error:
         raise CommandError(str(error)) from None
-    batches = evaluation.held_out_batches(synthesizer, args.samples)
+    batches = fixed_batches(synthesizer, args.samples, batch_size=8)
     torch.set_grad_enabled(False)
     results = evaluation.evaluate(blending, harmonizers, batches, args.clips)
     results["setup"] = {

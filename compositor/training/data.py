@@ -17,10 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from compositor.imaging import resize
 from compositor.training import photos, readers
-from compositor.training.synthesis import CompositeSynthesizer, TrainingBatch, band_radius, boundary_band, imperfect_mattes
+from compositor.training.synthesis import (
+    CompositeSynthesizer,
+    TrainingBatch,
+    band_radius,
+    boundary_band,
+    imperfect_mattes,
+    to_tensor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +45,16 @@ def build_data(synthetic: bool, data: Path | None, size: int, seed: int, task: s
     """Train/validation synthesizers for ``task`` ("blending" or "harmonization")."""
     if synthetic == (data is not None):
         raise ValueError("give exactly one of --synthetic or --data DIR")
-    # Photos are kept at 1.25x the training side so random crops (half to all of the short side)
-    # are rarely upscaled.
-    short_side = int(size * 1.25)
     if synthetic:
         train, validation = photos.split_groups(photos.synthetic_groups())
-        return _photo_split(train, validation, size, short_side, seed, {"data": "synthetic (package-shipped photos)"})
+        return _photo_split(train, validation, size, seed, {"data": "synthetic (package-shipped photos)"})
     data = Path(data)
     layout = readers.detect_layout(data)
     if layout == "photos":
         train, validation = photos.split_groups(photos.folder_groups(data))
-        return _photo_split(train, validation, size, short_side, seed, {"data": f"photos in {data}"})
+        return _photo_split(train, validation, size, seed, {"data": f"photos in {data}"})
     if layout == "matting":
-        return _matting_split(data, size, short_side, seed)
+        return _matting_split(data, size, seed)
     if task != "harmonization":
         raise ValueError(f"{data} is an iHarmony4 folder: it has no mattes for blending; train blending on photos or a matting set")
     return DataSplit(
@@ -60,7 +64,25 @@ def build_data(synthetic: bool, data: Path | None, size: int, seed: int, task: s
     )
 
 
-def _photo_split(train, validation, size, short_side, seed, description) -> DataSplit:
+def photo_short_side(size: int) -> int:
+    """Photos are kept at 1.25x the training side, so random crops (half to all of the short side)
+    are rarely upscaled."""
+    return int(size * 1.25)
+
+
+def photo_synthesizer(groups: list[photos.PhotoGroup], size: int, seed: int, flips: bool) -> CompositeSynthesizer:
+    """Synthesis over photo groups, loaded at ``photo_short_side(size)``."""
+    return CompositeSynthesizer(photos.load_groups(groups, photo_short_side(size)), size, seed=seed, flips=flips)
+
+
+def matting_synthesizer(pairs: list[tuple[Path, Path]], size: int, seed: int, flips: bool) -> CompositeSynthesizer:
+    """Synthesis with real mattes: each (image, alpha) pair is a foreground and its matte."""
+    images = [readers.load_image(image, short_side=photo_short_side(size)) for image, _ in pairs]
+    mattes = [resize(readers.load_image(alpha, mode="L")[..., None], image.shape[:2])[..., 0] for (_, alpha), image in zip(pairs, images)]
+    return CompositeSynthesizer([[image] for image in images], size, mattes=[[matte] for matte in mattes], seed=seed, flips=flips)
+
+
+def _photo_split(train, validation, size, seed, description) -> DataSplit:
     description = {
         **description,
         "train_groups": [g.name for g in train],
@@ -68,39 +90,24 @@ def _photo_split(train, validation, size, short_side, seed, description) -> Data
     }
     log.info("photos: %d train groups, %d validation groups", len(train), len(validation))
     if len(validation) < 2:
-        # Synthesis needs a second group for the original background; borrow from train for that only.
+        # Synthesis draws the original background from a second group of the same split.
         raise ValueError(f"validation split has {len(validation)} photo group(s); at least 10 groups in all are needed")
     return DataSplit(
-        CompositeSynthesizer(photos.load_groups(train, short_side), size, seed=seed),
-        CompositeSynthesizer(photos.load_groups(validation, short_side), size, seed=seed + 1, flips=False),
+        photo_synthesizer(train, size, seed, flips=True),
+        photo_synthesizer(validation, size, seed + 1, flips=False),
         description,
     )
 
 
-def _matting_split(data: Path, size: int, short_side: int, seed: int) -> DataSplit:
+def _matting_split(data: Path, size: int, seed: int) -> DataSplit:
     pairs = readers.read_matting_set(data)
     groups = [photos.PhotoGroup(image.stem, (image, alpha)) for image, alpha in pairs]
     train, validation = photos.split_groups(groups)
-
-    def synthesizer(split, split_seed, flips):
-        images = [[readers.load_image(g.paths[0], short_side=short_side)] for g in split]
-        mattes = [[_matte_like(readers.load_image(g.paths[1], mode="L"), image[0])] for g, image in zip(split, images)]
-        return CompositeSynthesizer(images, size, mattes=mattes, seed=split_seed, flips=flips)
-
     return DataSplit(
-        synthesizer(train, seed, True),
-        synthesizer(validation, seed + 1, False),
+        matting_synthesizer([g.paths for g in train], size, seed, flips=True),
+        matting_synthesizer([g.paths for g in validation], size, seed + 1, flips=False),
         {"data": f"matting set in {data}", "train_images": len(train), "validation_images": len(validation)},
     )
-
-
-def _matte_like(matte: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """Resize a matte to its (downscaled) image's size."""
-    if matte.shape[:2] == image.shape[:2]:
-        return matte
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(matte).resize((image.shape[1], image.shape[0]), Image.BILINEAR))
 
 
 class TripletBatches:
@@ -116,9 +123,7 @@ class TripletBatches:
 
     def _load(self, path: Path, mode: str) -> torch.Tensor:
         image = readers.load_image(path, short_side=self.size, mode=mode)
-        image = image[..., None] if image.ndim == 2 else image
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255.0
-        return F.interpolate(tensor, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)[0]
+        return to_tensor(image[..., None] if image.ndim == 2 else image, self.size)
 
     def batch(self, batch_size: int) -> TrainingBatch:
         chosen = [self.triplets[self.order[(self.position + i) % len(self.triplets)]] for i in range(batch_size)]

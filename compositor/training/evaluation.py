@@ -25,9 +25,11 @@ import torch
 from torch import nn
 
 from compositor.networks.colour import reinhard_transfer
+from compositor.networks.layers import erode, linear_composite
 from compositor.training import photos, readers
+from compositor.training.data import matting_synthesizer, photo_synthesizer
 from compositor.training.losses import psnr, ssim
-from compositor.training.synthesis import CompositeSynthesizer, TrainingBatch, erode, fixed_batches
+from compositor.training.synthesis import CompositeSynthesizer, TrainingBatch
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +49,20 @@ class Harmonizers:
 def held_out_synthesizer(synthetic: bool, data: Path | None, size: int, seed: int = EVALUATION_SEED) -> tuple[CompositeSynthesizer, dict]:
     """Synthesizer over held-out photos: the validation split of the package photos (``synthetic``),
     or every photo group of ``data`` (a folder of photos or a matting set kept out of training)."""
-    short_side = int(size * 1.25)
     if synthetic == (data is not None):
         raise ValueError("give exactly one of --synthetic or --data DIR")
     if synthetic:
         _, groups = photos.split_groups(photos.synthetic_groups())
         description = {"data": "synthetic: validation split of the package-shipped photos", "groups": [g.name for g in groups]}
-        return CompositeSynthesizer(photos.load_groups(groups, short_side), size, seed=seed, flips=False), description
+        return photo_synthesizer(groups, size, seed, flips=False), description
     data = Path(data)
     layout = readers.detect_layout(data)
     if layout == "photos":
         groups = photos.folder_groups(data)
-        description = {"data": f"photos in {data}", "groups": len(groups)}
-        return CompositeSynthesizer(photos.load_groups(groups, short_side), size, seed=seed, flips=False), description
+        return photo_synthesizer(groups, size, seed, flips=False), {"data": f"photos in {data}", "groups": len(groups)}
     if layout == "matting":
         pairs = readers.read_matting_set(data)
-        images = [[readers.load_image(image, short_side=short_side)] for image, _ in pairs]
-        from compositor.training.data import _matte_like
-
-        mattes = [[_matte_like(readers.load_image(alpha, mode="L"), im[0])] for (_, alpha), im in zip(pairs, images)]
-        return CompositeSynthesizer(images, size, mattes=mattes, seed=seed, flips=False), {"data": f"matting set in {data}", "images": len(pairs)}
+        return matting_synthesizer(pairs, size, seed, flips=False), {"data": f"matting set in {data}", "images": len(pairs)}
     raise ValueError(f"{data} is an iHarmony4 folder: evaluation needs complete backgrounds, which iHarmony4 lacks")
 
 
@@ -74,11 +70,15 @@ def _mean(values: list[torch.Tensor]) -> float:
     return round(float(torch.cat(values).mean()), 3)
 
 
-def colour_transfer_baseline(batch: TrainingBatch, background: torch.Tensor | None = None) -> torch.Tensor:
-    """Reinhard transfer of the harmonization input's foreground toward the background's Lab statistics."""
-    background = batch.background if background is None else background
-    composite, alpha = batch.harmonization_input, batch.alpha
-    return alpha * reinhard_transfer(composite, background, image_weights=alpha) + (1.0 - alpha) * composite
+def colour_transfer(composite: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """The classical baseline, called like a harmonizer: Reinhard transfer of the foreground (inside
+    ``mask``) toward the complete background's Lab statistics."""
+    return linear_composite(reinhard_transfer(composite, background, image_weights=mask), mask, composite)
+
+
+def colour_transfer_baseline(batch: TrainingBatch) -> torch.Tensor:
+    """``colour_transfer`` on a batch's harmonization input."""
+    return colour_transfer(batch.harmonization_input, batch.alpha, batch.background)
 
 
 @torch.no_grad()
@@ -86,10 +86,8 @@ def evaluate_blending(blending: nn.Module, batches: list[TrainingBatch]) -> dict
     """Table 1: boundary-band PSNR/SSIM of learned vs linear blending, same imperfect matte."""
     scores: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
-        matte = batch.imperfect_alpha
-        linear = matte * batch.source + (1.0 - matte) * batch.background
-        learned = blending(batch.source, matte, batch.background)
-        for name, output in (("boundary", learned), ("linear_boundary", linear)):
+        learned = blending(batch.source, batch.imperfect_alpha, batch.background)
+        for name, output in (("boundary", learned), ("linear_boundary", batch.linear_blend())):
             scores.setdefault(f"{name}_psnr", []).append(psnr(output, batch.target, batch.band))
             scores.setdefault(f"{name}_ssim", []).append(ssim(output, batch.target, batch.band))
     result = {key: _mean(values) for key, values in scores.items()}
@@ -143,7 +141,7 @@ def flicker(harmonizer: nn.Module, batch: TrainingBatch, frames: int = 8, step_p
     outputs, mattes = [], []
     for t in range(frames):
         matte = _shift(alpha, t * step_px)
-        composite = matte * _shift(shifted_foreground, t * step_px) + (1.0 - matte) * batch.background
+        composite = linear_composite(_shift(shifted_foreground, t * step_px), matte, batch.background)
         outputs.append(harmonizer(composite, matte, batch.background))
         mattes.append(matte)
     changes, weights = [], []
@@ -160,25 +158,16 @@ def flicker(harmonizer: nn.Module, batch: TrainingBatch, frames: int = 8, step_p
 
 def evaluate_video(harmonizers: Harmonizers, batches: list[TrainingBatch], clips: int = 8) -> dict:
     """Flicker of each harmonizer (and the colour-transfer baseline) on ``clips`` moving-foreground clips."""
-
-    class ColourTransfer(nn.Module):
-        def forward(self, composite, mask, background):
-            return mask * reinhard_transfer(composite, background, image_weights=mask) + (1.0 - mask) * composite
-
-    candidates = {"flicker": harmonizers.complete, "colour_transfer_flicker": ColourTransfer()}
+    candidates = {"flicker": harmonizers.complete, "colour_transfer_flicker": colour_transfer}
     if harmonizers.partial is not None:
         candidates["partial_cue_flicker"] = harmonizers.partial
     samples = [(batch, i) for batch in batches for i in range(len(batch))][:clips]
     result = {}
     for name, harmonizer in candidates.items():
-        values = [flicker(harmonizer, _select(batch, i)) for batch, i in samples]
+        values = [flicker(harmonizer, batch.select(i)) for batch, i in samples]
         result[name] = round(float(np.mean(values)), 4)
     result["clips"], result["frames_per_clip"] = len(samples), 8
     return result
-
-
-def _select(batch: TrainingBatch, index: int) -> TrainingBatch:
-    return TrainingBatch(**{name: getattr(batch, name)[index : index + 1] for name in batch.__dataclass_fields__})
 
 
 def evaluate(blending: nn.Module, harmonizers: Harmonizers, batches: list[TrainingBatch], clips: int = 8) -> dict:
@@ -193,10 +182,6 @@ def evaluate(blending: nn.Module, harmonizers: Harmonizers, batches: list[Traini
     }
 
 
-def held_out_batches(synthesizer: CompositeSynthesizer, samples: int, batch_size: int = 8) -> list[TrainingBatch]:
-    return fixed_batches(synthesizer, samples, batch_size)
-
-
 @torch.no_grad()
 def example_figure(blending: nn.Module, harmonizers: Harmonizers, batch: TrainingBatch, rows: int = 3) -> np.ndarray:
     """Rows of held-out examples: blending (source, linear, learned, target) then harmonization
@@ -208,12 +193,11 @@ def example_figure(blending: nn.Module, harmonizers: Harmonizers, batch: Trainin
 
     strips = []
     for index in range(min(rows, len(batch))):
-        sample = _select(batch, index)
-        matte = sample.imperfect_alpha
+        sample = batch.select(index)
         panels = [
             ("source photo", image(sample.source[0])),
-            ("linear blend", image((matte * sample.source + (1 - matte) * sample.background)[0])),
-            ("learned blend", image(blending(sample.source, matte, sample.background)[0])),
+            ("linear blend", image(sample.linear_blend()[0])),
+            ("learned blend", image(blending(sample.source, sample.imperfect_alpha, sample.background)[0])),
             ("harmonization input", image(sample.harmonization_input[0])),
             ("colour transfer", image(colour_transfer_baseline(sample)[0])),
         ]

@@ -99,15 +99,7 @@ def split_groups(groups: list[PhotoGroup]) -> tuple[list[PhotoGroup], list[Photo
 
 def load_groups(groups: list[PhotoGroup], short_side: int) -> list[list[np.ndarray]]:
     """Pixels of every group, each photo downscaled so its short side is ``short_side`` (never upscaled)."""
-    loaded = []
-    for group in groups:
-        photos = [_as_rgb(load_image(path, short_side=short_side, mode="RGB"), path) for path in group.paths]
-        loaded.append(photos)
+    loaded = [[load_image(path, short_side=short_side, mode="RGB") for path in group.paths] for group in groups]
     log.info("loaded %d photo groups (%d photos) at short side %d", len(groups), sum(map(len, loaded)), short_side)
     return loaded
 
-
-def _as_rgb(image: np.ndarray, path: Path) -> np.ndarray:
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise DataError(f"{path}: expected an RGB photo, got shape {image.shape}")
-    return image

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from compositor.networks.colour import reinhard_transfer
-from compositor.networks.layers import dilate, erode
+from compositor.networks.layers import dilate, erode, linear_composite
 
 CROP_SCALE = (0.5, 1.0)
 """Side of a square crop, as a fraction of the photo's short side."""
@@ -47,14 +47,26 @@ class TrainingBatch:
     harmonization_input: torch.Tensor  # A*transfer(F) + (1-A)*B
     target: torch.Tensor  # A*F + (1-A)*B
 
+    def map(self, function) -> TrainingBatch:
+        """A batch with ``function`` applied to every field's tensor."""
+        return TrainingBatch(**{f.name: function(getattr(self, f.name)) for f in fields(self)})
+
     def to(self, device: str | torch.device) -> TrainingBatch:
-        return TrainingBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self.map(lambda tensor: tensor.to(device))
+
+    def select(self, index: int) -> TrainingBatch:
+        """Sample ``index`` as a batch of one."""
+        return self.map(lambda tensor: tensor[index : index + 1])
+
+    def linear_blend(self) -> torch.Tensor:
+        """Linear blending of the source with the imperfect matte: what the blending net improves on."""
+        return linear_composite(self.source, self.imperfect_alpha, self.background)
 
     def __len__(self) -> int:
         return self.target.shape[0]
 
 
-def _to_tensor(crop: np.ndarray, size: int) -> torch.Tensor:
+def to_tensor(crop: np.ndarray, size: int) -> torch.Tensor:
     """uint8 HxWxC crop -> float [C, size, size], resized with antialiasing."""
     tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255.0)[None]
     if tensor.shape[-2:] != (size, size):
@@ -193,15 +205,15 @@ class CompositeSynthesizer:
         # F and B from two photos of the group when it has several, else two crops of one photo.
         other_index = index if len(photos) == 1 else (index + 1 + int(self.rng.integers(0, len(photos) - 1))) % len(photos)
         foreground_box = random_box(photos[index].shape, self.rng)
-        foreground = _to_tensor(crop(photos[index], foreground_box), self.size)
+        foreground = to_tensor(crop(photos[index], foreground_box), self.size)
         matte = None
         if self.mattes is not None:
-            matte = _to_tensor(crop(self.mattes[group][index][..., None], foreground_box), self.size)
-        background = _to_tensor(crop(photos[other_index], random_box(photos[other_index].shape, self.rng)), self.size)
+            matte = to_tensor(crop(self.mattes[group][index][..., None], foreground_box), self.size)
+        background = to_tensor(crop(photos[other_index], random_box(photos[other_index].shape, self.rng)), self.size)
         original = self._pick(self._other_group(group))
-        original = _to_tensor(crop(original, random_box(original.shape, self.rng)), self.size)
+        original = to_tensor(crop(original, random_box(original.shape, self.rng)), self.size)
         reference = self._pick(self._other_group(group))
-        reference = _to_tensor(crop(reference, random_box(reference.shape, self.rng)), self.size)
+        reference = to_tensor(crop(reference, random_box(reference.shape, self.rng)), self.size)
         return foreground, background, original, reference, matte
 
     def batch(self, batch_size: int) -> TrainingBatch:
@@ -230,18 +242,17 @@ def compose_batch(
 ) -> TrainingBatch:
     """Build every network input and target from F, B, O, a colour reference and the true matte."""
     size = alpha.shape[-1]
-    target = alpha * foreground + (1.0 - alpha) * background
     shifted = reinhard_transfer(foreground, reference, image_weights=alpha)
     return TrainingBatch(
         foreground=foreground,
         background=background,
         alpha=alpha,
-        source=alpha * foreground + (1.0 - alpha) * original,
+        source=linear_composite(foreground, alpha, original),
         imperfect_alpha=imperfect_mattes(alpha, generator),
         band=boundary_band(alpha, band_radius(size)),
         shifted_foreground=shifted,
-        harmonization_input=alpha * shifted + (1.0 - alpha) * background,
-        target=target,
+        harmonization_input=linear_composite(shifted, alpha, background),
+        target=linear_composite(foreground, alpha, background),
     )
 
 
@@ -263,11 +274,7 @@ def crop_around_band(batch: TrainingBatch, crop: int, generator: torch.Generator
         top = min(max(row - crop // 2, 0), size - crop)
         left = min(max(column - crop // 2, 0), size - crop)
         windows.append((top, left))
-    fields_ = {}
-    for name in batch.__dataclass_fields__:
-        tensor = getattr(batch, name)
-        fields_[name] = torch.stack([tensor[i, :, t : t + crop, l : l + crop] for i, (t, l) in enumerate(windows)])
-    return TrainingBatch(**fields_)
+    return batch.map(lambda tensor: torch.stack([tensor[i, :, t : t + crop, l : l + crop] for i, (t, l) in enumerate(windows)]))
 
 
 def fixed_batches(synthesizer: CompositeSynthesizer, count: int, batch_size: int) -> list[TrainingBatch]:

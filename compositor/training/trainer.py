@@ -125,9 +125,8 @@ def validate(task: str, network: nn.Module, batches: list[TrainingBatch], device
         batch = batch.to(device)
         output = run_network(task, network, batch)
         if task == "blending":
-            linear = batch.imperfect_alpha * batch.source + (1.0 - batch.imperfect_alpha) * batch.background
             scores.setdefault("val_band_psnr", []).append(psnr(output, batch.target, batch.band))
-            scores.setdefault("val_linear_band_psnr", []).append(psnr(linear, batch.target, batch.band))
+            scores.setdefault("val_linear_band_psnr", []).append(psnr(batch.linear_blend(), batch.target, batch.band))
         else:
             scores.setdefault("val_psnr", []).append(psnr(output, batch.target))
             scores.setdefault("val_foreground_psnr", []).append(psnr(output, batch.target, batch.alpha))
