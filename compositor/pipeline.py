@@ -2,33 +2,24 @@
 
 ``preprocess`` -> matting -> blending -> harmonization -> ``postprocess``. Both pipelines use the very
 same numpy pre/post-processing (``compositor.imaging``) that the Triton Python models import; the
-eager one runs the same contract wrappers (``compositor.export.wrappers``) that are exported to
+eager one runs the same contract wrappers (``compositor.networks.contract``) that are exported to
 ONNX. Every runtime is compared with ``EagerPipeline``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from compositor import imaging
-from compositor.export.wrappers import contract_models
+from compositor.networks.contract import contract_models
 from compositor.networks.factory import Networks
 from compositor.onnx_runtime import create_session
-from compositor.spec import DEFAULT_RESOLUTION, NETWORKS
-
-
-@dataclass
-class CompositeResult:
-    """uint8 NHWC outputs on the source canvas: ``alpha`` [B,H,W,1], ``blended``/``harmonized`` [B,H,W,3]."""
-
-    alpha: np.ndarray
-    blended: np.ndarray
-    harmonized: np.ndarray
+from compositor.results import CompositeResult
+from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, run_chain
 
 
 class Pipeline(ABC):
@@ -41,11 +32,14 @@ class Pipeline(ABC):
         """Run network ``name`` on float32 NCHW inputs in spec order; returns its one output."""
 
     def run_networks(self, prepared: imaging.Prepared) -> dict[str, np.ndarray]:
-        """Network-resolution stage: float32 NCHW ``alpha``, ``blended``, ``harmonized``."""
-        alpha = prepared.alpha if prepared.alpha is not None else self.run_network("matting", prepared.source)
-        blended = self.run_network("blending", prepared.source, alpha, prepared.background)
-        harmonized = self.run_network("harmonization", blended, alpha, prepared.background)
-        return {"alpha": alpha, "blended": blended, "harmonized": harmonized}
+        """Network-resolution stage (``spec.CHAIN``): float32 NCHW chain tensors by name.
+
+        Matting is skipped when ``prepared`` carries the client's matte.
+        """
+        given = {"source": prepared.source, "background": prepared.background}
+        if prepared.alpha is not None:
+            given["alpha"] = prepared.alpha
+        return run_chain(self.run_network, given)
 
     def __call__(self, source: np.ndarray, background: np.ndarray, alpha: np.ndarray | None = None) -> CompositeResult:
         """Composite ``source`` onto ``background``.

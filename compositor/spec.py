@@ -8,7 +8,11 @@ Triton's ``config.pbtxt`` does; the batch dimension is always first and always d
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_RESOLUTION = (512, 512)
 """Network resolution (height, width) of a deployment; requests of any size are resized to it."""
@@ -96,6 +100,69 @@ COMPOSITE_WITH_ALPHA = ModelSpec(
     outputs=COMPOSITE.outputs[1:],
 )
 ENSEMBLES: dict[str, ModelSpec] = {m.name: m for m in (COMPOSITE, COMPOSITE_WITH_ALPHA)}
+
+
+# --- The chain: which network feeds which input, declared once. ---------------------------------
+# Chain tensors live at the network resolution: ``source`` and ``background`` come from
+# preprocessing; every step adds its network's single output under its own name. The eager and
+# ONNX Runtime pipelines, the Triton ensembles, the export parity feeds and the benchmarks all walk
+# this table; nothing else says which network feeds which.
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One network in the chain.
+
+    Attributes:
+        network: the network's name (a key of ``NETWORKS``).
+        inputs: the network's input names, in spec order, mapped to the chain tensors they read.
+        output: the chain tensor the network's single output becomes.
+    """
+
+    network: str
+    inputs: tuple[tuple[str, str], ...]
+    output: str
+
+    def reads(self) -> tuple[str, ...]:
+        """The chain tensors this step reads, in the network's input order."""
+        return tuple(chain_tensor for _, chain_tensor in self.inputs)
+
+
+CHAIN_INPUTS = ("source", "background")
+"""Chain tensors that preprocessing provides (``alpha`` too when the client brings a matte)."""
+
+CHAIN: tuple[ChainStep, ...] = (
+    ChainStep("matting", (("image", "source"),), "alpha"),
+    ChainStep("blending", (("source", "source"), ("alpha", "alpha"), ("background", "background")), "blended"),
+    ChainStep(
+        "harmonization", (("composite", "blended"), ("mask", "alpha"), ("background", "background")), "harmonized"
+    ),
+)
+"""matting -> blending -> harmonization. A step whose output is already given (a client's matte)
+is skipped."""
+
+
+def chain_steps(given: Iterable[str] = CHAIN_INPUTS) -> tuple[ChainStep, ...]:
+    """The steps that run when the chain tensors ``given`` are provided: those whose output is not."""
+    given = set(given)
+    return tuple(step for step in CHAIN if step.output not in given)
+
+
+def run_chain(run_network: Callable[..., T], tensors: Mapping[str, T]) -> dict[str, T]:
+    """Walk the chain: ``run_network(name, *inputs)`` for each step whose output is not in ``tensors``.
+
+    Returns every chain tensor, the given ones included, by chain name.
+    """
+    values = dict(tensors)
+    for step in chain_steps(values):
+        values[step.output] = run_network(step.network, *(values[name] for name in step.reads()))
+    return values
+
+
+def network_feeds(tensors: Mapping[str, T]) -> dict[str, dict[str, T]]:
+    """Each network's inputs, by its own input names, taken from the chain tensors (after ``run_chain``)."""
+    return {step.network: {name: tensors[source] for name, source in step.inputs} for step in CHAIN}
+
 
 ONNX_OPSET = 17
 """Lowest opset with LayerNormalization; TensorRT 10 and 11 parse it."""

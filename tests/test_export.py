@@ -25,7 +25,7 @@ from compositor.export import fp16, parity, pipeline, readiness
 from compositor.export.onnx_export import ExportError, check_contract, export_fp32
 from compositor.export.parity import ParityError
 from compositor.export.trt_ops import check_operators, tensorrt_operators
-from compositor.export.wrappers import MattingModel, contract_models
+from compositor.networks.contract import MattingModel, contract_models
 from compositor.networks.factory import load_networks
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
 

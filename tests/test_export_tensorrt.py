@@ -16,7 +16,7 @@ from compositor import spec
 from compositor.cli import main
 from compositor.export import fp16, parity, tensorrt
 from compositor.export.onnx_export import export_fp32
-from compositor.export.wrappers import contract_models
+from compositor.networks.contract import contract_models
 from compositor.networks.factory import load_networks
 
 RESOLUTION = (64, 96)

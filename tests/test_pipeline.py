@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from compositor import imaging
+from compositor import imaging, spec
 from compositor.networks.factory import load_networks
 from compositor.pipeline import EagerPipeline
 
@@ -96,3 +96,27 @@ def test_cover_box_stays_inside_the_image_despite_rounding():
 def test_bad_input_arrays_are_refused_with_the_problem_named(source, background, alpha, message):
     with pytest.raises(imaging.ImageError, match=message):
         imaging.preprocess(source, background, RESOLUTION, alpha)
+
+
+def test_the_chain_feeds_each_network_its_spec_inputs_in_order_from_tensors_made_before_it():
+    available = set(spec.CHAIN_INPUTS)
+    for step in spec.CHAIN:
+        network = spec.NETWORKS[step.network]
+        assert [name for name, _ in step.inputs] == network.input_names()
+        assert set(step.reads()) <= available, f"{step.network} reads a tensor made after it"
+        assert step.output == network.output_names()[0]
+        available.add(step.output)
+    assert [step.network for step in spec.CHAIN] == ["matting", "blending", "harmonization"]
+
+
+def test_a_given_matte_skips_matting_and_reaches_both_later_networks():
+    calls = []
+
+    def run_network(name, *inputs):
+        calls.append((name, inputs))
+        return f"{name}-out"
+
+    tensors = spec.run_chain(run_network, {"source": "S", "background": "B", "alpha": "A"})
+    assert calls == [("blending", ("S", "A", "B")), ("harmonization", ("blending-out", "A", "B"))]
+    assert tensors["harmonized"] == "harmonization-out"
+    assert spec.network_feeds(tensors)["harmonization"] == {"composite": "blending-out", "mask": "A", "background": "B"}

@@ -22,7 +22,7 @@ from compositor import imaging
 from compositor.cli import main
 from compositor.client.remote import ClientError, CompositorClient, ModelNotReadyError, RequestTimeoutError
 from compositor.export.onnx_export import export_fp32
-from compositor.export.wrappers import contract_models
+from compositor.networks.contract import contract_models
 from compositor.pipeline import EagerPipeline
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository

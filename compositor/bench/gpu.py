@@ -62,7 +62,7 @@ from compositor import spec
 from compositor.bench.machine import cpu_model, package_version
 from compositor.cli.options import add_network_options
 from compositor.files import write_json
-from compositor.export.wrappers import contract_models
+from compositor.networks.contract import contract_models
 from compositor.networks.complexity import count_flops, example_inputs
 from compositor.networks.factory import Networks, load_networks
 

@@ -22,7 +22,7 @@ from compositor.bench.machine import machine_header
 from compositor.bench.report import ratios
 from compositor.bench.workloads import CHAIN, in_process_workloads, make_pipeline, network_inputs, torch_threads
 from compositor.export.onnx_export import export_fp32
-from compositor.export.wrappers import contract_models
+from compositor.networks.contract import contract_models
 from compositor.networks.complexity import complexity_table
 from compositor.networks.factory import Networks
 from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, format_resolution

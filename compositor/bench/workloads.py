@@ -15,7 +15,7 @@ import torch
 
 from compositor import imaging
 from compositor.pipeline import EagerPipeline, OnnxRuntimePipeline, Pipeline
-from compositor.spec import NETWORKS
+from compositor.spec import NETWORKS, network_feeds
 
 CHAIN = "chain"
 WORKLOADS = (CHAIN, *NETWORKS)
@@ -32,12 +32,8 @@ def network_inputs(pipeline: Pipeline, batch: int) -> dict[str, list[np.ndarray]
     """Realistic float32 NCHW inputs of each network: the chain's own intermediate tensors."""
     source, background = sample_frames(batch)
     prepared = imaging.preprocess(source, background, pipeline.resolution)
-    outputs = pipeline.run_networks(prepared)
-    return {
-        "matting": [prepared.source],
-        "blending": [prepared.source, outputs["alpha"], prepared.background],
-        "harmonization": [outputs["blended"], outputs["alpha"], prepared.background],
-    }
+    feeds = network_feeds(pipeline.run_networks(prepared))
+    return {name: list(inputs.values()) for name, inputs in feeds.items()}
 
 
 @dataclass

@@ -27,7 +27,8 @@ from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
 from compositor.client.remote import DEFAULT_TIMEOUT_S, PROTOCOLS, ClientError, CompositorClient
 from compositor.figures import comparison_strip, edge_zoom_strip, linear_paste, stack_rows
-from compositor.pipeline import CompositeResult, EagerPipeline
+from compositor.pipeline import EagerPipeline
+from compositor.results import CompositeResult
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from compositor.cli import subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
-from compositor.export.wrappers import contract_models
+from compositor.networks.contract import contract_models
 from compositor.networks.complexity import complexity_table
 from compositor.spec import format_resolution
 

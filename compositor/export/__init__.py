@@ -2,7 +2,7 @@
 
 The steps are small importable functions, each raising on failure:
 
-* ``onnx_export.export_fp32``: a contract model (``wrappers.contract_models``) -> FP32 ONNX;
+* ``onnx_export.export_fp32``: a contract model (``networks.contract.contract_models``) -> FP32 ONNX;
 * ``parity.check_fp32_parity`` / ``parity.check_fp16_parity``: ONNX Runtime against eager / FP32;
 * ``fp16.save_mixed_precision`` with a policy from ``fp16.precision_ladder``;
 * ``headroom.check_fp16_headroom``: what runs in FP16 fits FP16's range;

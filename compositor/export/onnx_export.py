@@ -1,4 +1,4 @@
-"""Step 1 of the export chain: a contract model (``wrappers.contract_models``) -> FP32 ONNX.
+"""Step 1 of the export chain: a contract model (``networks.contract.contract_models``) -> FP32 ONNX.
 
 The graph gets the spec's tensor names, a dynamic batch axis and nothing else dynamic: the spatial
 size is fixed at export (the deployment's network resolution), which is what TensorRT profiles and

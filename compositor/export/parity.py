@@ -134,17 +134,10 @@ def photo_feeds(models: dict[str, nn.Module], resolution: tuple[int, int]) -> di
         prepared = imaging.preprocess(_photo(source_name)[None], _photo(background_name)[None], resolution)
         sources.append(prepared.source)
         backgrounds.append(prepared.background)
-    source = np.concatenate(sources)
-    background = np.concatenate(backgrounds)
+    chain = {"source": np.concatenate(sources), "background": np.concatenate(backgrounds)}
     with torch.no_grad():
-        alpha = models["matting"](torch.from_numpy(source))
-        blended = models["blending"](torch.from_numpy(source), alpha, torch.from_numpy(background))
-    alpha, blended = alpha.numpy(), blended.numpy()
-    return {
-        "matting": {"image": source},
-        "blending": {"source": source, "alpha": alpha, "background": background},
-        "harmonization": {"composite": blended, "mask": alpha, "background": background},
-    }
+        chain = spec.run_chain(lambda name, *inputs: models[name](*map(torch.from_numpy, inputs)).numpy(), chain)
+    return spec.network_feeds(chain)
 
 
 def random_feeds(resolution: tuple[int, int], batch: int = RANDOM_BATCH, seed: int = RANDOM_SEED) -> dict[str, dict[str, np.ndarray]]:

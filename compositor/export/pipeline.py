@@ -38,7 +38,7 @@ from compositor import spec
 from compositor.export import fp16, headroom, parity, readiness, tensorrt
 from compositor.files import atomic_path, write_json
 from compositor.export.onnx_export import export_fp32
-from compositor.export.wrappers import contract_models
+from compositor.networks.contract import contract_models
 from compositor.networks.factory import Networks
 
 log = logging.getLogger(__name__)

@@ -27,12 +27,14 @@ from tritonclient.utils import np_to_triton_dtype
 
 from compositor.serving.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
 from compositor.spec import (
+    CHAIN_INPUTS,
     DEFAULT_MAX_BATCH,
     DEFAULT_RESOLUTION,
     ENSEMBLES,
     NETWORKS,
     ModelSpec,
     TensorSpec,
+    chain_steps,
     format_resolution,
     parse_resolution,
 )
@@ -201,32 +203,27 @@ def _same_names(names) -> dict[str, str]:
     return {name: name for name in names}
 
 
+def ensemble_tensor(chain_tensor: str) -> str:
+    """The ensemble's name for a chain tensor at network resolution (``alpha`` -> ``network_alpha``):
+    the name ``preprocess`` and ``postprocess`` use for it (``compositor.serving.stages``)."""
+    return f"network_{chain_tensor}"
+
+
 def ensemble_steps(with_alpha: bool) -> list[dict]:
     """The ensemble's steps. Ensemble tensors are named after the stage tensors they carry.
 
-    ``composite``: preprocess -> matting -> blending -> harmonization -> postprocess.
+    ``composite``: preprocess -> the networks of ``spec.CHAIN`` -> postprocess.
     ``composite_with_alpha``: the client's ``alpha`` goes to preprocess (which then returns
     ``network_alpha``) and to postprocess (which uses it at full resolution); no matting.
     """
     client_inputs = ["source", "background"] + (["alpha"] if with_alpha else [])
     prepared = ["network_source", "network_background", "background_full"] + (["network_alpha"] if with_alpha else [])
     steps = [_step(PREPROCESS.name, _same_names(client_inputs), _same_names(prepared))]
-    if not with_alpha:
-        steps.append(_step("matting", {"image": "network_source"}, {"alpha": "network_alpha"}))
-    steps.append(
-        _step(
-            "blending",
-            {"source": "network_source", "alpha": "network_alpha", "background": "network_background"},
-            {"blended": "network_blended"},
-        )
-    )
-    steps.append(
-        _step(
-            "harmonization",
-            {"composite": "network_blended", "mask": "network_alpha", "background": "network_background"},
-            {"harmonized": "network_harmonized"},
-        )
-    )
+    given = CHAIN_INPUTS + (("alpha",) if with_alpha else ())
+    for step in chain_steps(given):
+        network_output = NETWORKS[step.network].output_names()[0]
+        input_map = {name: ensemble_tensor(chain_tensor) for name, chain_tensor in step.inputs}
+        steps.append(_step(step.network, input_map, {network_output: ensemble_tensor(step.output)}))
     post_inputs = [t.name for t in POSTPROCESS.inputs if with_alpha or t.name not in OPTIONAL_INPUTS[POSTPROCESS.name]]
     # With the client's matte, postprocess's ``alpha`` output would only echo it: not an output.
     post_outputs = ENSEMBLES["composite_with_alpha" if with_alpha else "composite"].output_names()
