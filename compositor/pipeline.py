@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from compositor import imaging
+from compositor.export.layout import onnx_file
 from compositor.networks.contract import contract_models
 from compositor.networks.factory import Networks
 from compositor.onnx_runtime import create_session
@@ -109,12 +110,9 @@ class OnnxRuntimePipeline(Pipeline):
         precision: str = "fp32",
         intra_op_threads: int = 0,
     ):
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
-        suffix = ".onnx" if precision == "fp32" else ".fp16.onnx"
         self.resolution = tuple(resolution)
         self.sessions = {
-            name: create_session(Path(onnx_dir) / f"{name}{suffix}", intra_op_threads) for name in NETWORKS
+            name: create_session(Path(onnx_dir) / onnx_file(name, precision), intra_op_threads) for name in NETWORKS
         }
 
     def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:

@@ -37,29 +37,12 @@ import torch
 from compositor import spec
 from compositor.export import fp16, headroom, parity, readiness, tensorrt
 from compositor.files import atomic_path, write_json
+from compositor.export.layout import REPORT_FILE, fp16_file, fp32_file, plan_file
 from compositor.export.onnx_export import export_fp32
 from compositor.networks.contract import contract_models
 from compositor.networks.factory import Networks
 
 log = logging.getLogger(__name__)
-
-REPORT_FILE = "export_report.json"
-
-
-def fp32_file(name: str) -> str:
-    """``matting`` -> ``matting.onnx``."""
-    return f"{name}.onnx"
-
-
-def fp16_file(name: str) -> str:
-    """``matting`` -> ``matting.fp16.onnx``."""
-    return f"{name}.fp16.onnx"
-
-
-def plan_file(name: str) -> str:
-    """``matting`` -> ``matting.plan``."""
-    return f"{name}.plan"
-
 
 class Progress:
     """One log line when a step starts and one when it ends: ``[k/N] network: step (seconds)``."""

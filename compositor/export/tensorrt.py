@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from compositor import spec
+from compositor.export.layout import TIMING_CACHE_FILE
 from compositor.files import write_bytes
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 MIN_TENSORRT_MAJOR = 10
 """Strongly typed networks (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``) need TensorRT >= 10."""
 
-TIMING_CACHE_FILE = "timing.cache"
 CONTAINER_HINT = (
     "run them from the export directory inside NVIDIA's Triton container of the release that will serve "
     "the engines (nvcr.io/nvidia/tritonserver:<yy.mm>-py3) or the TensorRT container of the same release "

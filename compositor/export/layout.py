@@ -1,0 +1,61 @@
+"""The export folder's file names, in one place, and reading its report (a light module: json only).
+
+``compositor export --out DIR`` writes, per network ``<name>`` (``matting``, ``blending``,
+``harmonization``): ``<name>.onnx`` (FP32), ``<name>.fp16.onnx`` (FP16 mixed precision),
+``<name>.plan`` (TensorRT, with ``--engines``), plus ``timing.cache`` and ``export_report.json``.
+Everything that reads or writes that folder (the export itself, the ONNX Runtime pipeline, the
+model-repository generator, the benchmarks) names the files through this module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPORT_FILE = "export_report.json"
+TIMING_CACHE_FILE = "timing.cache"
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def fp32_file(name: str) -> str:
+    """``matting`` -> ``matting.onnx``."""
+    return f"{name}.onnx"
+
+
+def fp16_file(name: str) -> str:
+    """``matting`` -> ``matting.fp16.onnx``."""
+    return f"{name}.fp16.onnx"
+
+
+def plan_file(name: str) -> str:
+    """``matting`` -> ``matting.plan``."""
+    return f"{name}.plan"
+
+
+def onnx_file(name: str, precision: str) -> str:
+    """The ONNX file of ``name`` in ``precision`` (``fp32`` or ``fp16``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return fp32_file(name) if precision == "fp32" else fp16_file(name)
+
+
+class ExportReportError(ValueError):
+    """An export folder has no readable ``export_report.json``."""
+
+
+def read_report(export_dir: str | Path) -> dict:
+    """The ``export_report.json`` of ``export_dir``.
+
+    Raises:
+        ExportReportError: missing or not JSON, naming the file and what to run.
+    """
+    path = Path(export_dir) / REPORT_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportReportError(
+            f"{path} not found: is {export_dir} a 'compositor export --out DIR' folder?"
+        ) from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ExportReportError(f"{path} is not readable JSON ({error}); export again") from None
