@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from compositor.errors import CompositorError
 from compositor.files import atomic_path
 from compositor.spec import MAX_IMAGE_SIDE
 
 
-class ImageError(ValueError):
+class ImageError(CompositorError, ValueError):
     """An input image is unusable; the message names the input and the problem."""
 
 

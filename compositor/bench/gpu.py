@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compositor.errors import CompositorError
 from compositor import spec
 from compositor.bench.machine import cpu_model, package_version
 from compositor.cli.options import add_network_options
@@ -88,7 +89,7 @@ Workload = Callable[..., dict[str, torch.Tensor]]
 """A timed call: inputs -> named FP32 outputs (one for a network, three for the chain)."""
 
 
-class CudaUnavailableError(RuntimeError):
+class CudaUnavailableError(CompositorError, RuntimeError):
     """``--device cuda`` on a machine where PyTorch sees no CUDA device."""
 
 

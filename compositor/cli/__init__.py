@@ -12,11 +12,13 @@ import importlib
 import logging
 import sys
 
+from compositor.errors import CompositorError
+
 # Subcommand modules, in the order ``compositor --help`` lists them.
 COMMANDS = ("composite", "info", "export", "repository", "serve", "bench", "train", "evaluate")
 
 
-class CommandError(Exception):
+class CommandError(CompositorError):
     """A user-facing failure: printed as ``error: ...`` with exit code 2, no traceback."""
 
 

@@ -17,6 +17,7 @@ import logging
 import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from compositor.errors import CompositorError
 from compositor import imaging
 from compositor.spec import ENSEMBLES
 
@@ -27,7 +28,7 @@ DEFAULT_TIMEOUT_S = 60.0
 """Per request. Generous: a first request on CPU at 512x512 includes ONNX Runtime's warm-up."""
 
 
-class ClientError(RuntimeError):
+class ClientError(CompositorError, RuntimeError):
     """A request could not be served; the message says where and why."""
 
 

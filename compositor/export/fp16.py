@@ -35,6 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from compositor.errors import CompositorError
 from compositor.files import atomic_path
 from compositor.networks.harmonization import ImageColourTransfer, MaskedAdaIN
 from compositor.networks.modnet import MobileNetV2Backbone
@@ -49,7 +50,7 @@ FP16_MAX = float(np.finfo(np.float16).max)
 STATISTICS_OPS = frozenset({"InstanceNormalization", "LayerNormalization", "GroupNormalization"})
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(CompositorError, RuntimeError):
     """The mixed-precision conversion cannot represent the model faithfully."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from compositor.errors import CompositorError
+
 REPORT_FILE = "export_report.json"
 TIMING_CACHE_FILE = "timing.cache"
 
@@ -40,7 +42,7 @@ def onnx_file(name: str, precision: str) -> str:
     return fp32_file(name) if precision == "fp32" else fp16_file(name)
 
 
-class ExportReportError(ValueError):
+class ExportReportError(CompositorError, ValueError):
     """An export folder has no readable ``export_report.json``."""
 
 

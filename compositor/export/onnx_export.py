@@ -27,6 +27,7 @@ from onnxscript import ir
 from onnxscript.optimizer import _constant_folding as constant_folding
 from torch import nn
 
+from compositor.errors import CompositorError
 from compositor import spec
 from compositor.files import atomic_path
 
@@ -39,7 +40,7 @@ BATCH_AXIS_NAME = "batch"
 EXAMPLE_BATCH = 2
 
 
-class ExportError(RuntimeError):
+class ExportError(CompositorError, RuntimeError):
     """An exported graph does not honour the tensor contract (names, shapes, opset)."""
 
 

@@ -26,6 +26,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from compositor.errors import CompositorError
 from compositor import imaging, spec
 from compositor.onnx_runtime import create_session
 
@@ -47,7 +48,7 @@ RANDOM_BATCH = 3
 RANDOM_SEED = 0
 
 
-class ParityError(RuntimeError):
+class ParityError(CompositorError, RuntimeError):
     """An exported model misses a parity tolerance."""
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import onnx
 
+from compositor.errors import CompositorError
 from compositor import spec
 from compositor.export.onnx_export import ExportError, check_contract
 from compositor.export.trt_ops import check_operators
@@ -23,7 +24,7 @@ RESIZE_COORDINATE_MODES = frozenset(
 )
 
 
-class ReadinessError(RuntimeError):
+class ReadinessError(CompositorError, RuntimeError):
     """A graph or profile that TensorRT or Triton would reject."""
 
 

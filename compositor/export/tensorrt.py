@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from compositor.errors import CompositorError
 from compositor import spec
 from compositor.export.layout import TIMING_CACHE_FILE
 from compositor.files import write_bytes
@@ -39,11 +40,11 @@ CONTAINER_HINT = (
 """Where the trtexec/polygraphy lines run; in the report and in the missing-TensorRT error."""
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(CompositorError, RuntimeError):
     """The TensorRT Python package is missing (or too old) on this machine."""
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(CompositorError, RuntimeError):
     """TensorRT could not parse the ONNX model or build the engine."""
 
 

@@ -25,6 +25,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import np_to_triton_dtype
 
+from compositor.errors import CompositorError
 from compositor.serving.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
 from compositor.spec import (
     CHAIN_INPUTS,
@@ -251,7 +252,7 @@ def repository_configs(options: RepositoryOptions) -> dict[str, dict]:
 # --- Validation and serialisation ---------------------------------------------------------------
 
 
-class ConfigSchemaError(ValueError):
+class ConfigSchemaError(CompositorError, ValueError):
     """A config dict does not fit Triton's ``ModelConfig`` schema."""
 
 

@@ -20,6 +20,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compositor.errors import CompositorError
 from compositor.files import atomic_path, write_text
 from compositor.serving.configs import VERSION, RepositoryOptions, repository_configs, to_pbtxt
 from compositor.serving.stages import POSTPROCESS, PREPROCESS
@@ -60,7 +61,7 @@ HEADER = (
 )
 
 
-class MissingModelFilesError(FileNotFoundError):
+class MissingModelFilesError(CompositorError, FileNotFoundError):
     """The export directory lacks network files the chosen flavour needs."""
 
 

@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from compositor.errors import CompositorError
+
 LOGGER = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -57,11 +59,11 @@ _LOG_TAIL_LINES = 25
 _MIN_SHM_BYTES = 256 * 2**20
 
 
-class TritonNotFoundError(RuntimeError):
+class TritonNotFoundError(CompositorError, RuntimeError):
     """The ``nvidia-pytriton`` wheel, its server binary or the stub for this Python is missing."""
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(CompositorError, RuntimeError):
     """Triton did not become ready: busy port, invalid repository, a model failed to load, timeout."""
 
 

@@ -71,6 +71,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from compositor.errors import CompositorError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -90,7 +92,7 @@ _PPR10K_STEM = re.compile(r"^(\d+)_(\d+)$")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class DataError(ValueError):
+class DataError(CompositorError, ValueError):
     """A dataset folder or file is missing, empty, or not in the expected layout."""
 
 
