@@ -8,7 +8,11 @@ and review the diff.
 from __future__ import annotations
 
 import filecmp
+import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -24,6 +28,7 @@ from compositor.serving.configs import (
     to_model_config,
     to_pbtxt,
 )
+from compositor.serving.installation import find_triton
 from compositor.serving.repository import MissingModelFilesError, generate_repository
 from compositor.serving.stages import OPTIONAL_INPUTS, STAGES
 from compositor.spec import ENSEMBLES, NETWORKS, ModelSpec, tensorrt_profiles
@@ -64,7 +69,8 @@ def _tiny_onnx(path: Path, model: ModelSpec, resolution: tuple[int, int], rename
     return path
 
 
-def _export_dir(tmp_path: Path, resolution=(64, 64), suffix=".onnx") -> Path:
+def _export_dir(tmp_path: Path, resolution=(64, 64), suffix=".onnx", max_batch: int | None = None) -> Path:
+    """Network files as ``compositor export`` names them; with ``max_batch``, its report too."""
     export = tmp_path / "export"
     export.mkdir(exist_ok=True)
     for name, model in NETWORKS.items():
@@ -72,6 +78,9 @@ def _export_dir(tmp_path: Path, resolution=(64, 64), suffix=".onnx") -> Path:
             _tiny_onnx(export / f"{name}.onnx", model, resolution)
         else:
             (export / f"{name}{suffix}").write_bytes(b"plan:" + name.encode())
+    if max_batch is not None:
+        report = {"resolution": list(resolution), "max_batch": max_batch, "opset": 17}
+        (export / "export_report.json").write_text(json.dumps(report))
     return export
 
 
@@ -106,6 +115,21 @@ def test_python_models_in_the_repository_import_their_class_from_the_package(tmp
         text = (tmp_path / f"repo/{model}/1/model.py").read_text()
         assert f"from compositor.serving.python_models.{module} import TritonPythonModel" in text
         assert "class TritonPythonModel" in (sources / f"{module}.py").read_text()
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in (ROOT / "compositor/serving/python_models").glob("[!_]*.py")))
+def test_the_python_models_load_neither_the_config_generator_nor_torch(module):
+    # In a fresh interpreter, with the wheel's own triton_python_backend_utils.py importable as in the stub.
+    backend = find_triton().python_backend_dir
+    listing = "import importlib, sys; importlib.import_module(sys.argv[1]); print(*sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", listing, f"compositor.serving.python_models.{module}"],
+        env={**os.environ, "PYTHONPATH": str(backend)}, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    heavy = [m for m in loaded if m.split(".")[0] in ("tritonclient", "torch", "onnx") or m.startswith("google.protobuf")
+             or m == "compositor.serving.configs"]
+    assert "triton_python_backend_utils" in loaded
+    assert heavy == []
 
 
 # --- Config content -----------------------------------------------------------------------------
@@ -278,6 +302,51 @@ def test_repository_command_fails_clearly_without_model_files(tmp_path, capsys):
     assert main(["repository", "--out", str(tmp_path / "repo"), "--flavor", "tensorrt"]) == 2
     assert "--configs-only" in capsys.readouterr().err
 
+
+
+# --- Settings from the export report -------------------------------------------------------------
+
+
+def test_repository_command_takes_resolution_and_max_batch_from_the_export_report(tmp_path, capsys):
+    export = _export_dir(tmp_path, resolution=(64, 96), max_batch=4)
+    assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo")]) == 0
+    assert "network resolution 64x96, max batch 4" in capsys.readouterr().out
+    matting = (tmp_path / "repo/matting/config.pbtxt").read_text()
+    assert "max_batch_size: 4" in matting and "dims: 3\n  dims: 64\n  dims: 96\n" in matting
+    assert 'string_value: "64x96"' in (tmp_path / "repo/preprocess/config.pbtxt").read_text()
+
+
+def test_an_explicit_resolution_that_agrees_with_the_export_report_is_accepted(tmp_path):
+    export = _export_dir(tmp_path, resolution=(64, 96), max_batch=4)
+    assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo"), "--resolution", "64x96"]) == 0
+
+
+def test_an_explicit_resolution_other_than_the_exports_is_an_error_naming_both(tmp_path, capsys):
+    export = _export_dir(tmp_path, resolution=(64, 96), max_batch=4)
+    assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo"), "--resolution", "128"]) == 2
+    assert re.search(r"resolution 128x128 differs from the export's 64x96 \(.*export_report.json\)", capsys.readouterr().err)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_max_batch_above_the_exports_is_refused_for_tensorrt_engines_and_a_lower_one_is_used(tmp_path, capsys):
+    export = _export_dir(tmp_path, suffix=".plan", max_batch=4)
+    command = ["repository", "--onnx", str(export), "--out", str(tmp_path / "repo"), "--flavor", "tensorrt"]
+    assert main([*command, "--max-batch", "8"]) == 2
+    assert re.search(r"max batch 8 is more than the export's 4 .*engines accept batches up to 4", capsys.readouterr().err)
+    assert main([*command, "--max-batch", "2"]) == 0
+    assert "max_batch_size: 2" in (tmp_path / "repo/matting/config.pbtxt").read_text()
+
+
+def test_onnx_flavours_take_a_max_batch_above_the_exports_as_the_batch_axis_is_dynamic(tmp_path):
+    export = _export_dir(tmp_path, max_batch=4)
+    assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo"), "--max-batch", "16"]) == 0
+    assert "max_batch_size: 16" in (tmp_path / "repo/blending/config.pbtxt").read_text()
+
+
+def test_an_export_folder_without_its_report_is_a_clear_error(tmp_path, capsys):
+    export = _export_dir(tmp_path)
+    assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo")]) == 2
+    assert re.search(r"export_report.json not found: is .* a 'compositor export --out DIR' folder", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("max_batch", [1, 8, 16])

@@ -7,11 +7,14 @@ wrong numpy answers with empty or malformed outputs).
 
 from __future__ import annotations
 
+import os
 import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,15 +23,9 @@ import numpy as np
 import psutil
 import pytest
 
-from compositor.serving.server import (
-    ServerStartError,
-    TritonNotFoundError,
-    TritonServer,
-    diagnose_log,
-    find_stub,
-    find_triton,
-    free_port,
-)
+from compositor.serving.installation import TritonNotFoundError, find_stub, find_triton
+from compositor.serving.server import ServerStartError, TritonServer, free_port
+from compositor.serving.server_log import diagnose_log, new_log_path
 
 IDENTITY_CONFIG = """\
 name: "{name}"
@@ -237,15 +234,32 @@ def test_a_busy_port_fails_fast_naming_the_port(tmp_path):
 
 
 @pytest.mark.triton
-def test_a_model_failing_to_load_fails_fast_with_its_name(tmp_path):
+def test_a_model_failing_to_load_fails_fast_with_its_name_and_the_log_is_kept_where_the_error_says(tmp_path):
     repository = write_identity_model(tmp_path / "repository", name="broken", fail_in_initialize=True)
     server = TritonServer(repository, **free_ports())
     started = time.monotonic()
-    with pytest.raises(ServerStartError, match=r"(?s)model 'broken' failed to load.*deliberate failure"):
+    with pytest.raises(ServerStartError, match=r"(?s)model 'broken' failed to load.*deliberate failure") as caught:
         server.start(timeout_s=60)
     assert time.monotonic() - started < 20
     assert not server.is_running()
     assert process_tree(server.pid) == []
+    assert f"the whole server log is kept in {server.log_path};" in str(caught.value)
+    assert server.log_path.parent == Path(tempfile.gettempdir()) / "compositor-triton-logs"
+    assert "deliberate failure in initialize" in server.log_path.read_text()
+
+
+def test_a_new_log_in_the_default_folder_leaves_only_the_newest_older_logs(tmp_path):
+    for age_s in range(5):
+        old = tmp_path / f"tritonserver-old{age_s}.log"
+        old.write_text("old")
+        os.utime(old, (time.time() - 100 * age_s,) * 2)
+    (tmp_path / "notes.txt").write_text("not a log")
+    new = new_log_path(tmp_path, keep=3)
+    assert new.is_file() and new.read_text() == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["tritonserver-old0.log", "tritonserver-old1.log", new.name, "notes.txt"]
+    )
+    assert new_log_path(tmp_path, keep=3) != new
 
 
 @pytest.mark.triton
@@ -340,11 +354,17 @@ def test_the_serve_command_becomes_ready_and_exits_0_on_sigint(tmp_path):
         assert f"gRPC 127.0.0.1:{ports['grpc_port']}" in serve.text
         serve.process.send_signal(signal.SIGINT)
         assert serve.process.wait(timeout=30) == 0, serve.text
+        serve.wait_for("Triton stopped")
     finally:
         serve.kill()
     assert processes_serving(repository) == []
     for port in ports.values():
         assert_port_free(port)
+    kept = re.search(r"SIGINT: Triton stopped \(exit code 0\); its log is kept in (\S+)", serve.text)
+    assert kept, serve.text
+    log = Path(kept[1])
+    assert log.parent == Path(tempfile.gettempdir()) / "compositor-triton-logs"
+    assert "successfully loaded 'identity'" in log.read_text()
 
 
 @pytest.mark.triton

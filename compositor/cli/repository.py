@@ -5,7 +5,10 @@ composite_with_alpha into --out. Every config.pbtxt is built as data and validat
 Triton's model_config_pb2 schema before it is written. Flavours: python (ONNX Runtime inside
 Python-backend models; what 'compositor serve' runs here), onnxruntime (onnxruntime_onnx, CPU, or
 GPU with --trt-accelerator) and tensorrt (tensorrt_plan FP16 engines, GPU). The network files come
-from the export directory (--onnx DIR: DIR/<name>.onnx, or DIR/<name>.plan for tensorrt).
+from the export directory (--onnx DIR: DIR/<name>.onnx, or DIR/<name>.plan for tensorrt), and so
+do the network resolution and the max batch (DIR/export_report.json): --resolution, if given, must
+be the export's; --max-batch may be lower than the export's (higher only for the ONNX flavours,
+whose batch axis is dynamic). Without --onnx (--configs-only), --resolution and --max-batch apply.
 
 Example:
   compositor export --out artifacts/export
@@ -20,27 +23,25 @@ import logging
 from pathlib import Path
 
 from compositor.cli import subcommand_parser
-from compositor.cli.options import add_resolution_option, non_negative_int, positive_int
-from compositor.serving.configs import (
-    DEFAULT_INTRA_OP_THREADS,
-    DEFAULT_MAX_QUEUE_DELAY_US,
-    FLAVORS,
-    RepositoryOptions,
-)
-from compositor.serving.repository import generate_repository
-from compositor.spec import DEFAULT_MAX_BATCH, format_resolution
+from compositor.cli.options import non_negative_int, positive_int, resolution_argument
+from compositor.serving.conventions import DEFAULT_INTRA_OP_THREADS, DEFAULT_MAX_QUEUE_DELAY_US, FLAVORS
+from compositor.spec import DEFAULT_MAX_BATCH, DEFAULT_RESOLUTION, format_resolution
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
     parser = subcommand_parser(subparsers, __name__, __doc__)
-    parser.add_argument("--onnx", type=Path, metavar="DIR", help="export directory with <name>.onnx / <name>.plan")
+    parser.add_argument("--onnx", type=Path, metavar="DIR",
+                        help="export directory with <name>.onnx / <name>.plan and export_report.json")
     parser.add_argument("--out", type=Path, default=Path("model_repository"), help="repository directory (default model_repository)")
     parser.add_argument("--flavor", choices=FLAVORS, default="python", help="how the networks run (default python)")
     parser.add_argument("--instances", type=positive_int, default=1, metavar="N", help="instances per model (default 1)")
-    parser.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH, metavar="B",
-                        help=f"max_batch_size of every model (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--resolution", type=resolution_argument, metavar="N|HxW",
+                        help="network resolution, multiples of 32 (default: the export's with --onnx, else "
+                             f"{format_resolution(DEFAULT_RESOLUTION)})")
+    parser.add_argument("--max-batch", type=positive_int, metavar="B",
+                        help=f"max_batch_size of every model (default: the export's with --onnx, else {DEFAULT_MAX_BATCH})")
     parser.add_argument("--max-queue-delay-us", type=non_negative_int, default=DEFAULT_MAX_QUEUE_DELAY_US, metavar="U",
                         help=f"dynamic-batcher queue delay of the networks (default {DEFAULT_MAX_QUEUE_DELAY_US})")
     parser.add_argument("--intra-op-threads", type=non_negative_int, default=DEFAULT_INTRA_OP_THREADS, metavar="T",
@@ -49,15 +50,25 @@ def register(subparsers) -> None:
                         help="onnxruntime flavour: run on GPU with the TensorRT execution accelerator in FP16")
     parser.add_argument("--configs-only", action="store_true",
                         help="write configs and Python models even when network files are missing")
-    add_resolution_option(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    # Imported here: the config generator loads tritonclient and protobuf, which --help never needs.
+    from compositor.serving.configs import RepositoryOptions
+    from compositor.serving.repository import export_settings, generate_repository
+
+    resolution = args.resolution or DEFAULT_RESOLUTION
+    max_batch = args.max_batch or DEFAULT_MAX_BATCH
+    source = ""
+    if args.onnx is not None:
+        exported = export_settings(args.onnx, args.flavor, args.resolution, args.max_batch)
+        resolution, max_batch = exported.resolution, exported.max_batch
+        source = f"; export {args.onnx}"
     options = RepositoryOptions(
         flavor=args.flavor,
-        resolution=args.resolution,
-        max_batch=args.max_batch,
+        resolution=resolution,
+        max_batch=max_batch,
         instances=args.instances,
         max_queue_delay_us=args.max_queue_delay_us,
         intra_op_threads=args.intra_op_threads,
@@ -65,7 +76,7 @@ def run(args) -> int:
     )
     result = generate_repository(args.out, options, export_dir=args.onnx, configs_only=args.configs_only)
     print(f"{result.root}: {', '.join(result.models)} ({options.flavor} flavour, "
-          f"network resolution {format_resolution(options.resolution)}, max batch {options.max_batch})")
+          f"network resolution {format_resolution(options.resolution)}, max batch {options.max_batch}{source})")
     if result.model_files_missing:
         print("model files still missing (the server cannot load these models until they exist):")
         for path in result.model_files_missing:

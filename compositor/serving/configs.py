@@ -26,6 +26,13 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import np_to_triton_dtype
 
 from compositor.errors import CompositorError
+from compositor.serving.conventions import (
+    DEFAULT_INTRA_OP_THREADS,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    FLAVORS,
+    INTRA_OP_THREADS_PARAMETER,
+    RESOLUTION_PARAMETER,
+)
 from compositor.serving.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
 from compositor.spec import (
     CHAIN_INPUTS,
@@ -39,25 +46,6 @@ from compositor.spec import (
     format_resolution,
     parse_resolution,
 )
-
-FLAVORS = ("python", "onnxruntime", "tensorrt")
-
-DEFAULT_MAX_QUEUE_DELAY_US = 1000
-"""How long the dynamic batcher may hold a request to grow a batch. 1 ms is small next to one
-network execution (tens of ms on CPU, a few ms on GPU) yet lets concurrent requests meet."""
-
-DEFAULT_INTRA_OP_THREADS = 2
-"""ONNX Runtime intra-op threads per network instance (``intra_op_thread_count``). The default
-suits the 2-core development machine; set it to the cores available per instance elsewhere."""
-
-RESOLUTION_PARAMETER = "resolution"
-"""``preprocess`` config parameter holding the network resolution (``"512x512"``)."""
-
-INTRA_OP_THREADS_PARAMETER = "intra_op_thread_count"
-"""Same key as Triton's ONNX Runtime backend uses, so both flavours are tuned the same way."""
-
-VERSION = "1"
-"""The one model version the generator writes (``<model>/1/``)."""
 
 
 @dataclass(frozen=True)

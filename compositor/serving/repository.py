@@ -5,9 +5,13 @@ Layout (``<out>/<model>/config.pbtxt`` and ``<out>/<model>/1/...``):
 * ``preprocess``, ``postprocess``: Python models (``1/model.py``), in every flavour;
 * ``matting``, ``blending``, ``harmonization``: ``1/model.py`` + ``1/model.onnx`` (``python``),
   ``1/model.onnx`` (``onnxruntime``) or ``1/model.plan`` (``tensorrt``), copied from the export
-  directory (``<name>.onnx`` / ``<name>.plan``, as ``compositor export`` writes them);
+  directory (``<name>.onnx`` / ``<name>.plan``, named by ``compositor.export.layout``);
 * ``composite``, ``composite_with_alpha``: ensembles (``1/`` holds only a ``.gitkeep``: Triton
   needs the version directory, git needs a file to keep it).
+
+The network resolution and max batch of a repository built from an export folder come from that
+folder's ``export_report.json`` (``export_settings``): the ONNX graphs are fixed at the exported
+resolution, and TensorRT engines accept batches up to the exported profile's max only.
 
 The committed ``model_repository/`` is this module's output for the ``python`` flavour at the
 default options, without the ONNX files (build outputs); a test regenerates and compares it.
@@ -22,17 +26,16 @@ from pathlib import Path
 
 from compositor.errors import CompositorError
 from compositor.files import atomic_path, write_text
-from compositor.serving.configs import VERSION, RepositoryOptions, repository_configs, to_pbtxt
+from compositor.export.layout import REPORT_FILE, ExportReportError, fp32_file, plan_file, read_report
+from compositor.serving.configs import RepositoryOptions, repository_configs, to_pbtxt
+from compositor.serving.conventions import MODEL_FILE, VERSION
 from compositor.serving.stages import POSTPROCESS, PREPROCESS
-from compositor.spec import NETWORKS, ModelSpec, format_resolution
+from compositor.spec import NETWORKS, ModelSpec, format_resolution, parse_resolution
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
-"""File name of a network inside ``<model>/1/`` per flavour (Triton's default model file names)."""
-
-EXPORT_SUFFIX = {"python": ".onnx", "onnxruntime": ".onnx", "tensorrt": ".plan"}
-"""Suffix of a network's file in the export directory (``matting.onnx``, ``matting.plan``)."""
+EXPORT_FILE = {"python": fp32_file, "onnxruntime": fp32_file, "tensorrt": plan_file}
+"""Flavour -> the name of a network's file in the export folder (``matting.onnx``, ``matting.plan``)."""
 
 PYTHON_MODEL_MODULES = {
     PREPROCESS.name: "preprocess",
@@ -63,6 +66,64 @@ HEADER = (
 
 class MissingModelFilesError(CompositorError, FileNotFoundError):
     """The export directory lacks network files the chosen flavour needs."""
+
+
+class ExportMismatchError(CompositorError, ValueError):
+    """An explicit resolution or max batch contradicts the export folder's report."""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What a repository built from an export folder takes from its ``export_report.json``.
+
+    Attributes:
+        resolution: network (height, width) the networks were exported at.
+        max_batch: max batch of the repository's models.
+    """
+
+    resolution: tuple[int, int]
+    max_batch: int
+
+
+def export_settings(
+    export_dir: Path, flavor: str, resolution: tuple[int, int] | None = None, max_batch: int | None = None
+) -> ExportSettings:
+    """The network resolution and max batch of a repository built from ``export_dir``.
+
+    Both default to the export's (its ``export_report.json``). An explicit ``resolution`` must
+    equal the export's: the ONNX graphs and engines are fixed at it. An explicit ``max_batch`` may
+    be lower than the export's (Triton then sends smaller batches); higher is refused for the
+    ``tensorrt`` flavour, whose engines accept batches up to the export's only, and allowed for the
+    ONNX flavours, whose graphs have a dynamic batch axis.
+
+    Raises:
+        ExportReportError: no readable report, or one without a valid resolution or max batch.
+        ExportMismatchError: an explicit value contradicts the report (both values named).
+    """
+    report = read_report(export_dir)
+    where = Path(export_dir) / REPORT_FILE
+    try:
+        exported_resolution = parse_resolution(tuple(report["resolution"]))
+        exported_max_batch = int(report["max_batch"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportReportError(
+            f"{where} has no valid resolution and max_batch ({type(error).__name__}: {error}); export again"
+        ) from None
+    if resolution is not None and parse_resolution(resolution) != exported_resolution:
+        raise ExportMismatchError(
+            f"resolution {format_resolution(parse_resolution(resolution))} differs from the export's "
+            f"{format_resolution(exported_resolution)} ({where}): the networks are exported at a fixed "
+            "resolution; leave --resolution out, or export again at the resolution you want"
+        )
+    if max_batch is not None and max_batch > exported_max_batch and flavor == "tensorrt":
+        raise ExportMismatchError(
+            f"max batch {max_batch} is more than the export's {exported_max_batch} ({where}): its TensorRT "
+            f"engines accept batches up to {exported_max_batch}; lower --max-batch, or export again with "
+            f"'compositor export --engines --max-batch {max_batch}'"
+        )
+    return ExportSettings(
+        resolution=exported_resolution, max_batch=exported_max_batch if max_batch is None else max_batch
+    )
 
 
 @dataclass
@@ -115,16 +176,16 @@ def check_onnx_contract(path: Path, model: ModelSpec, resolution: tuple[int, int
         if inputs[tensor.name][1:] != expected:
             raise ValueError(
                 f"{path}: input {tensor.name!r} has shape {inputs[tensor.name][1:]} (without batch), the "
-                f"repository's resolution {format_resolution(resolution)} needs {expected}; pass the export's "
-                "resolution with --resolution or re-export at this one"
+                f"repository's resolution {format_resolution(resolution)} needs {expected}; generate the "
+                "repository at the export's resolution or re-export at this one"
             )
 
 
 def _find_model_files(export_dir: Path | None, options: RepositoryOptions, configs_only: bool) -> dict[str, Path]:
-    suffix = EXPORT_SUFFIX[options.flavor]
-    wanted = {name: (export_dir / f"{name}{suffix}" if export_dir else None) for name in NETWORKS}
+    file_name = EXPORT_FILE[options.flavor]
+    wanted = {name: (export_dir / file_name(name) if export_dir else None) for name in NETWORKS}
     found = {name: path for name, path in wanted.items() if path is not None and path.is_file()}
-    missing = [f"{name}{suffix}" for name in NETWORKS if name not in found]
+    missing = [file_name(name) for name in NETWORKS if name not in found]
     if missing and not configs_only:
         where = f"in {export_dir}" if export_dir else "(no export directory given: --onnx DIR)"
         build = (
@@ -136,7 +197,7 @@ def _find_model_files(export_dir: Path | None, options: RepositoryOptions, confi
             f"the {options.flavor} flavour needs {', '.join(missing)} {where}: {build}, "
             "or pass --configs-only to write only the configs and Python models"
         )
-    if suffix == ".onnx":
+    if file_name is fp32_file:
         for name, path in found.items():
             check_onnx_contract(path, NETWORKS[name], options.resolution)
     return found

@@ -1,18 +1,10 @@
-"""Launch the real Triton Inference Server that ships inside the ``nvidia-pytriton`` wheel.
+"""Run the Triton server binary from the ``nvidia-pytriton`` wheel on one model repository.
 
-pytriton's Python API (which binds Python callables as models) is not used: we run the wheel's
-``tritonserver`` binary (Triton 2.51, CPU build with the Python backend and ensembles) against
-our own model repository, exactly as the official container would, so the same repository serves
-here and in production.
-
-Three things make the wheel's binary work outside pytriton, all handled here:
-
-* a backend directory with ``python/libtriton_python.so``, ``python/triton_python_backend_utils.py``
-  and the ``triton_python_backend_stub`` built for *this* interpreter's version (the wheel ships
-  one stub per Python version in ``python_backend_stubs/3.X/``);
-* ``LD_LIBRARY_PATH`` with the wheel's bundled libraries and this interpreter's ``libpython``;
-* ``PATH`` with this interpreter's ``bin`` first: the embedded interpreter in the stub locates its
-  ``sys.prefix`` by looking up ``python3`` on ``PATH``, and so imports that environment's packages.
+``TritonServer`` starts the binary that ``compositor.serving.installation`` finds, waits until the
+server and all its models are ready (failing within seconds, with the reason read from the log by
+``compositor.serving.server_log``, when a port is busy or a model does not load), and stops it
+cleanly: the whole process group, the Python-backend stubs and their shared memory included.
+The server's log is kept after it stops (``log_path``).
 
 Example:
     >>> with TritonServer(Path("model_repository")) as server:  # doctest: +SKIP
@@ -22,26 +14,22 @@ Example:
 from __future__ import annotations
 
 import atexit
-import ctypes.util
-import importlib.util
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from compositor.errors import CompositorError
+from compositor.serving.installation import TritonInstallation, find_triton
+from compositor.serving.server_log import LogReader, diagnose_log, log_tail, new_log_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,12 +43,7 @@ DEFAULT_STOP_TIMEOUT_S = 40.0
 """Longer than Triton's own 30 s drain of in-flight requests (``--exit-timeout-secs``) plus unloading."""
 
 _POLL_INTERVAL_S = 0.1
-_LOG_TAIL_LINES = 25
 _MIN_SHM_BYTES = 256 * 2**20
-
-
-class TritonNotFoundError(CompositorError, RuntimeError):
-    """The ``nvidia-pytriton`` wheel, its server binary or the stub for this Python is missing."""
 
 
 class ServerStartError(CompositorError, RuntimeError):
@@ -69,125 +52,6 @@ class ServerStartError(CompositorError, RuntimeError):
 
 class StartCancelled(ServerStartError):
     """``request_stop`` was called (e.g. by a signal handler) before the server was ready."""
-
-
-@dataclass(frozen=True)
-class TritonInstallation:
-    """Paths of the Triton server shipped in the ``nvidia-pytriton`` wheel.
-
-    Attributes:
-        binary: the ``tritonserver`` executable.
-        python_backend_dir: holds ``libtriton_python.so`` and ``triton_python_backend_utils.py``.
-        stub: ``triton_python_backend_stub`` built for this interpreter's ``major.minor``.
-        library_dirs: what ``LD_LIBRARY_PATH`` needs: the wheel's bundled libraries and the
-            directory of this interpreter's ``libpython3.X.so`` (the stub embeds Python).
-        cache_dir: the wheel's response-cache implementations (``--cache-directory``).
-        python_bin_dir: this interpreter's ``bin``; goes first on the server's ``PATH``.
-    """
-
-    binary: Path
-    python_backend_dir: Path
-    stub: Path
-    library_dirs: tuple[Path, ...]
-    cache_dir: Path
-    python_bin_dir: Path
-
-    def build_backend_directory(self, root: Path) -> Path:
-        """Create ``root/python/`` with symlinks to the Python backend and the matching stub.
-
-        Returns:
-            ``root``, the value for ``--backend-directory``.
-        """
-        backend = root / "python"
-        backend.mkdir(parents=True, exist_ok=True)
-        sources = (
-            self.python_backend_dir / "libtriton_python.so",
-            self.python_backend_dir / "triton_python_backend_utils.py",
-            self.stub,
-        )
-        for source in sources:
-            link = backend / source.name
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(source)
-        return root
-
-    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """The environment for the server process: ``base`` (default ``os.environ``) plus our paths."""
-        env = dict(os.environ if base is None else base)
-        # Both the server and the stub link against the wheel's renamed bundled libraries
-        # (libtritonserver, libcudart, ...) and the stub against libpython3.X.so.
-        env["LD_LIBRARY_PATH"] = _prepend_paths(self.library_dirs, env.get("LD_LIBRARY_PATH", ""))
-        # The stub's embedded interpreter finds its environment through ``python3`` on PATH; with
-        # another Python first (e.g. the system one with numpy 2) the models silently import the
-        # wrong packages and return empty or malformed outputs.
-        env["PATH"] = _prepend_paths((self.python_bin_dir,), env.get("PATH", ""))
-        # Keep freed memory in the stubs' heaps. Every request allocates the same multi-megabyte
-        # numpy temporaries; with glibc's defaults the Python-backend stubs handed them back to the
-        # kernel between requests and page-faulted them in again, which doubled postprocess's CPU
-        # time (measured at 512x512: 34-46 ms -> 21-22 ms per request with these settings, the same
-        # as in-process). 32 MiB is glibc's largest mmap threshold; a caller's own values win.
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(32 * 2**20))
-        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(512 * 2**20))
-        return env
-
-
-def find_triton() -> TritonInstallation:
-    """Locate the Triton server in the installed ``nvidia-pytriton`` wheel, for this interpreter.
-
-    Raises:
-        TritonNotFoundError: the wheel, the server binary, the Python backend, the stub for this
-            Python version or this interpreter's shared ``libpython`` is missing.
-    """
-    # find_spec, not import: importing pytriton pulls in its whole runtime for nothing.
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise TritonNotFoundError(
-            "the nvidia-pytriton package is not installed in this environment "
-            f"({sys.executable}); run scripts/setup.sh or 'pip install nvidia-pytriton'"
-        )
-    package_dir = Path(next(iter(spec.submodule_search_locations)))
-    root = package_dir / "tritonserver"
-    binary = root / "bin" / "tritonserver"
-    python_backend_dir = root / "backends" / "python"
-    for required in (binary, python_backend_dir / "libtriton_python.so"):
-        if not required.exists():
-            raise TritonNotFoundError(f"nvidia-pytriton is installed but {required} is missing")
-
-    stub = find_stub(root / "python_backend_stubs", f"{sys.version_info.major}.{sys.version_info.minor}")
-    # Not resolved: a venv's bin/python3 is a symlink to the base interpreter, and only the venv's
-    # own bin (next to pyvenv.cfg) makes the stub use the venv's site-packages.
-    python_bin_dir = Path(sys.executable).parent
-    if not (python_bin_dir / "python3").exists():
-        LOGGER.warning(
-            "%s has no python3: the Python-backend stub may pick up another environment's packages",
-            python_bin_dir,
-        )
-    library_dirs = [package_dir.parent / "nvidia_pytriton.libs", _libpython_dir()]
-    return TritonInstallation(
-        binary=binary,
-        python_backend_dir=python_backend_dir,
-        stub=stub,
-        library_dirs=tuple(d for d in library_dirs if d is not None and d.is_dir()),
-        cache_dir=root / "caches",
-        python_bin_dir=python_bin_dir,
-    )
-
-
-def find_stub(stubs_dir: Path, python_version: str) -> Path:
-    """The ``triton_python_backend_stub`` for ``python_version`` ("3.11") in the wheel's ``stubs_dir``.
-
-    Raises:
-        TritonNotFoundError: there is none; the message lists the versions there are.
-    """
-    stub = stubs_dir / python_version / "triton_python_backend_stub"
-    if not stub.is_file():
-        available = sorted(p.name for p in stubs_dir.iterdir() if p.is_dir()) if stubs_dir.is_dir() else []
-        raise TritonNotFoundError(
-            f"no Triton Python-backend stub for Python {python_version} in {stubs_dir} "
-            f"(available: {', '.join(available) or 'none'}); use one of those Python versions"
-        )
-    return stub
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -222,8 +86,9 @@ class TritonServer:
         repository: the model repository (``--model-repository``).
         host: address all three endpoints bind to.
         grpc_port, http_port, metrics_port: endpoint ports.
-        log_path: file for the server's output (Triton log and the models' own prints); default a
-            temporary file, removed by ``stop``.
+        log_path: file for the server's output (Triton log and the models' own prints and
+            tracebacks), kept after ``stop``; default a new file in
+            ``compositor.serving.server_log.DEFAULT_LOG_DIR``.
         extra_args: more ``tritonserver`` arguments, appended last (so they can override ours).
     """
 
@@ -269,7 +134,7 @@ class TritonServer:
 
     @property
     def log_path(self) -> Path | None:
-        """Where the server's output goes (set by ``start``)."""
+        """Where the server's output goes (set by ``start``; the file stays after ``stop``)."""
         return self._log_path
 
     @property
@@ -303,8 +168,11 @@ class TritonServer:
 
         self._workdir = Path(tempfile.mkdtemp(prefix="compositor-triton-"))
         backend_dir = installation.build_backend_directory(self._workdir / "backends")
-        self._log_path = self._requested_log_path or self._workdir / "tritonserver.log"
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._requested_log_path is not None:
+            self._log_path = self._requested_log_path
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self._log_path = new_log_path()
         argv = self._argv(installation, backend_dir)
         LOGGER.info("starting Triton: %s", " ".join(argv))
         LOGGER.info("Triton log: %s", self._log_path)
@@ -390,9 +258,8 @@ class TritonServer:
                     region.unlink(missing_ok=True)
         # Stubs normally exit with the server; any that did not go now.
         _kill_group(process.pid)
-        LOGGER.info("Triton exited with code %s", process.returncode)
+        LOGGER.info("Triton exited with code %s; its log is kept in %s", process.returncode, self._log_path)
         if self._workdir is not None:
-            # A temporary log goes with it; errors raised by start() already carry its tail.
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         self._stopped = True
@@ -443,7 +310,7 @@ class TritonServer:
         ready_url = f"http://{self.http_url}/v2/health/ready"
         # No proxy: an http_proxy in the environment must not intercept a loopback health check.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        log = _LogReader(self._log_path)
+        log = LogReader(self._log_path)
         while True:
             if self._stop_requested:
                 raise StartCancelled("stop requested before Triton was ready")
@@ -463,115 +330,15 @@ class TritonServer:
             time.sleep(_POLL_INTERVAL_S)
 
     def _failure_message(self, summary: str, log_text: str) -> str:
-        # A temporary log is removed by stop(), so only name a log file the caller asked for.
-        where = f"server log {self._log_path}" if self._requested_log_path else "server log"
-        return f"{summary}\n(repository {self.repository}; last lines of the {where}:)\n{log_tail(log_text)}"
+        return (
+            f"{summary}\n(repository {self.repository}; the whole server log is kept in {self._log_path}; "
+            f"its last lines:)\n{log_tail(log_text)}"
+        )
 
     def _stop_at_exit(self) -> None:
         if self.is_running():
             LOGGER.warning("interpreter exiting: stopping Triton (pid %d)", self.pid)
             self.stop(timeout_s=10.0)
-
-
-# --- log diagnosis ---------------------------------------------------------------------------------
-
-
-class _LogReader:
-    """Reads a growing log: only complete new lines each time, so a verbose log stays cheap."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._offset = 0
-        self._partial = b""
-        self._chunks: list[str] = []
-
-    def read_new_lines(self) -> str:
-        try:
-            with open(self._path, "rb") as log:
-                log.seek(self._offset)
-                data = log.read()
-        except OSError:
-            return ""
-        self._offset += len(data)
-        data = self._partial + data
-        complete, _, self._partial = data.rpartition(b"\n")
-        if not complete:
-            self._partial = data
-            return ""
-        # The log can hold stray NUL bytes; never let decoding break the diagnosis.
-        text = complete.decode("utf-8", errors="replace") + "\n"
-        self._chunks.append(text)
-        return text
-
-    @property
-    def text(self) -> str:
-        """Everything read so far, the unfinished last line included."""
-        return "".join(self._chunks) + self._partial.decode("utf-8", errors="replace")
-
-
-_PORT_IN_USE = re.compile(r"Socket '(?P<address>[^']*?):(?P<port>\d+)' already in use")
-_MODEL_FAILED = re.compile(
-    r"failed to load '(?P<model>[^']+)'(?: version \d+: (?P<reason>.*?))?\"?$", re.MULTILINE
-)
-_CONFIG_FAILED = re.compile(
-    r"Poll failed for model directory '(?P<model>[^']+)': (?P<reason>.*?)\"?$", re.MULTILINE
-)
-_CREATE_FAILED = re.compile(r"error: creating server: (?P<reason>.*)$", re.MULTILINE)
-
-
-def diagnose_log(log_text: str, ports: dict[int, str] | None = None) -> str | None:
-    """The fatal start-up error in a Triton log, as one readable message, or ``None``.
-
-    Recognises a busy port, models that failed to load (with Triton's reason, e.g. the Python
-    traceback from ``initialize``) and a server that could not be created (e.g. a bad repository).
-    """
-    ports = ports or {}
-    busy = _PORT_IN_USE.search(log_text)
-    if busy:
-        port = int(busy["port"])
-        name = ports.get(port, "a")
-        return f"{name} port {port} on {busy['address']} is already in use"
-    failed: dict[str, str] = {}
-    matches = [*_CONFIG_FAILED.finditer(log_text), *_MODEL_FAILED.finditer(log_text)]
-    for match in matches:
-        reason = match["reason"]
-        if reason or match["model"] not in failed:
-            failed[match["model"]] = _unescape(reason or "")
-    if failed:
-        lines = [f"model '{model}' failed to load: {reason}".rstrip(": ") for model, reason in failed.items()]
-        return "Triton could not load the model repository:\n" + "\n".join(lines)
-    created = _CREATE_FAILED.search(log_text)
-    if created:
-        return f"Triton could not start: {created['reason']}"
-    return None
-
-
-# Harmless on a machine without an NVIDIA driver; they would only bury the real error.
-_CPU_ONLY_NOISE = (
-    "CUDA driver version is insufficient",
-    "CUDA memory pool disabled",
-    "CudaDriverHelper has not been initialized",
-    "Failed to initialize NVML",
-    "DCGM unable to start",
-)
-
-
-def log_tail(log_text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a Triton log, indented, without its tables and CPU-only noise."""
-    kept = [
-        line
-        for line in log_text.splitlines()
-        if line.strip()
-        and not line.lstrip().startswith(("+", "|"))
-        and not line.rstrip().endswith("]")  # a table's header line, the table itself dropped
-        and not any(noise in line for noise in _CPU_ONLY_NOISE)
-    ]
-    return "\n".join("  " + line for line in kept[-lines:])
-
-
-def _unescape(text: str) -> str:
-    # Triton quotes log messages and escapes their newlines; tracebacks read better unescaped.
-    return text.replace("\\n", "\n").replace('\\"', '"').strip()
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -617,26 +384,6 @@ def _warn_if_small_shm() -> None:
             "(in Docker use --shm-size=1g or --ipc=host)",
             free // 2**20,
         )
-
-
-def _libpython_dir() -> Path | None:
-    """The directory holding this interpreter's ``libpython3.X.so`` (the stub links against it)."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    libdir = sysconfig.get_config_var("LIBDIR")
-    soname = sysconfig.get_config_var("INSTSONAME") or f"libpython{version}.so"
-    if libdir and (Path(libdir) / soname).exists():
-        return Path(libdir)
-    # Debian-style Pythons keep it in a multiarch directory the dynamic linker already searches.
-    if ctypes.util.find_library(f"python{version}"):
-        return None
-    raise TritonNotFoundError(
-        f"no shared libpython for Python {version} (looked for {soname} in {libdir}); the Triton "
-        f"Python-backend stub needs it (Debian/Ubuntu: apt install libpython{version})"
-    )
-
-
-def _prepend_paths(first: Sequence[Path], rest: str) -> str:
-    return os.pathsep.join([*(str(p) for p in first), *([rest] if rest else [])])
 
 
 def _connect_host(host: str) -> str:

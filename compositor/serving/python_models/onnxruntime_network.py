@@ -16,9 +16,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from compositor.onnx_runtime import create_session
-from compositor.serving.configs import INTRA_OP_THREADS_PARAMETER
+from compositor.serving.conventions import INTRA_OP_THREADS_PARAMETER, MODEL_FILE
+from compositor.serving.python_models.error_boundary import error_response
 
-ONNX_FILE = "model.onnx"
+ONNX_FILE = MODEL_FILE["python"]
 
 
 class TritonPythonModel:
@@ -42,17 +43,22 @@ class TritonPythonModel:
         _check_graph(self.name, self.session, input_dims, list(self.outputs))
 
     def execute(self, requests):
+        # Triton has checked the requests' names, shapes and data types against the config, so any
+        # failure here is the server's (an export that does not run, a bug): INTERNAL, with the
+        # traceback in the server log, for every request of the batch.
+        try:
+            return self._run_batch(requests)
+        except Exception as error:  # noqa: BLE001 - a failed batch gets error responses, the server goes on
+            return [error_response(self.name, error) for _ in requests]
+
+    def _run_batch(self, requests):
         batches = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs} for r in requests]
         sizes = [len(next(iter(b.values()))) for b in batches]
         feeds = {
             name: np.ascontiguousarray(np.concatenate([b[name] for b in batches]) if len(batches) > 1 else batches[0][name], dtype=dtype)
             for name, dtype in self.inputs.items()
         }
-        try:
-            results = self.session.run(list(self.outputs), feeds)
-        except Exception as error:  # noqa: BLE001 - any runtime failure becomes an error response
-            message = f"{self.name}: ONNX Runtime failed on a batch of {sum(sizes)}: {error}"
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+        results = self.session.run(list(self.outputs), feeds)
 
         responses, start = [], 0
         for size in sizes:

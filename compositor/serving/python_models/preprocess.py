@@ -8,12 +8,14 @@ the config parameter ``resolution``.
 One model serves both ensembles (see ``compositor.serving.stages``): a request with ``alpha``
 (``composite_with_alpha``) also gets ``network_alpha`` back. Not batched across requests: every
 request has its own frame size. A bad request (RGBA source, matte of the wrong size, a side over
-the limit...) gets an error response naming the problem; the other requests and the server go on.
+the limit...) gets an INVALID_ARG error response naming the problem, a bug an INTERNAL one (see
+``error_boundary``); the other requests and the server go on.
 """
 
 import triton_python_backend_utils as pb_utils
 
 from compositor import imaging
+from compositor.serving.conventions import RESOLUTION_PARAMETER
 from compositor.serving.python_models.stage import StageModel
 from compositor.serving.stages import PREPARED_FIELDS
 from compositor.spec import parse_resolution
@@ -25,7 +27,7 @@ class TritonPythonModel(StageModel):
         unknown = set(self.outputs) - set(PREPARED_FIELDS)
         if unknown:
             raise pb_utils.TritonModelException(f"preprocess: config outputs {sorted(unknown)} are not produced by imaging.preprocess")
-        self.resolution = parse_resolution(self.config["parameters"]["resolution"]["string_value"])
+        self.resolution = parse_resolution(self.config["parameters"][RESOLUTION_PARAMETER]["string_value"])
 
     def run(self, request, inputs):
         prepared = imaging.preprocess(resolution=self.resolution, **inputs)

@@ -1,5 +1,6 @@
 """What the ``preprocess`` and ``postprocess`` Python-backend models share: reading a request's
-tensors by the names in the model's own config, and answering bad input with an error response.
+tensors by the names in the model's own config, and answering each request on its own, bad input
+with an INVALID_ARG error and a bug with an INTERNAL one (``error_boundary``).
 
 Imported by those models; it needs ``triton_python_backend_utils`` and so
 only imports inside Triton's Python-backend stub.
@@ -10,12 +11,15 @@ from abc import ABC, abstractmethod
 
 import triton_python_backend_utils as pb_utils
 
+from compositor.serving.python_models.error_boundary import error_response
+
 
 class StageModel(ABC):
     """Base of a per-request stage: ``run(request, inputs)`` returns one ``InferenceResponse``."""
 
     def initialize(self, args):
         self.config = json.loads(args["model_config"])
+        self.name = self.config["name"]
         self.input_names = [t["name"] for t in self.config["input"]]
         self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in self.config["output"]}
 
@@ -23,15 +27,15 @@ class StageModel(ABC):
         return [self._respond(request) for request in requests]
 
     def _respond(self, request):
-        inputs = {}
-        for name in self.input_names:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:  # optional inputs (alpha) may be absent
-                inputs[name] = tensor.as_numpy()
         try:
+            inputs = {}
+            for name in self.input_names:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:  # optional inputs (alpha) may be absent
+                    inputs[name] = tensor.as_numpy()
             return self.run(request, inputs)
-        except ValueError as error:  # imaging.ImageError: the client's data, not the server, is at fault
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+        except Exception as error:  # noqa: BLE001 - one request's failure must not fail the others
+            return error_response(self.name, error)
 
     @abstractmethod
     def run(self, request, inputs):

@@ -1,0 +1,30 @@
+"""What the repository generator, the command line and the Python-backend models agree on.
+
+Config parameter keys, the file names inside a model's version directory, the flavours and the
+defaults. A light module (no imports): the Python-backend models import it inside Triton's stub,
+and ``compositor repository --help`` reads the defaults, without loading the config generator
+(``compositor.serving.configs``, which needs tritonclient and protobuf).
+"""
+
+FLAVORS = ("python", "onnxruntime", "tensorrt")
+"""How the networks run; see ``compositor.serving.configs``."""
+
+DEFAULT_MAX_QUEUE_DELAY_US = 1000
+"""How long the dynamic batcher may hold a request to grow a batch. 1 ms is small next to one
+network execution (tens of ms on CPU, a few ms on GPU) yet lets concurrent requests meet."""
+
+DEFAULT_INTRA_OP_THREADS = 2
+"""ONNX Runtime intra-op threads per network instance (``intra_op_thread_count``). The default
+suits the 2-core development machine; set it to the cores available per instance elsewhere."""
+
+RESOLUTION_PARAMETER = "resolution"
+"""``preprocess`` config parameter holding the network resolution (``"512x512"``)."""
+
+INTRA_OP_THREADS_PARAMETER = "intra_op_thread_count"
+"""Same key as Triton's ONNX Runtime backend uses, so both flavours are tuned the same way."""
+
+VERSION = "1"
+"""The one model version the generator writes (``<model>/1/``)."""
+
+MODEL_FILE = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+"""File name of a network inside ``<model>/1/`` per flavour (Triton's default model file names)."""
