@@ -44,6 +44,12 @@ def test_the_header_names_the_machine_and_the_compute_floor(report):
     machine = data["machine"]
     assert machine["cpu_cores"] >= 1 and machine["threads"] >= 1 and machine["cpu_model"]
     assert machine["peak_gflops"] > 0
+    # Both GEMMs measured; the floor is the faster one, so achieved/peak is not flattered by a slow BLAS.
+    by_gemm = machine["peak_gflops_by_gemm"]
+    assert set(by_gemm) == {"torch", "numpy"} and min(by_gemm.values()) > 0
+    assert machine["peak_gflops"] == max(by_gemm.values()) == by_gemm[machine["peak_gemm"]]
+    assert data["compute"]["peak_gflops_by_gemm"] == by_gemm
+    assert f"the faster of torch {by_gemm['torch']} and numpy {by_gemm['numpy']}" in markdown(data)
     assert set(data["compute"]["gflops_per_image"]) == {"chain", "matting", "blending", "harmonization"}
     for row in data["results"]:
         assert row["achieved_gflops"] == pytest.approx(row["perf_throughput"] * data["compute"]["gflops_per_image"][row["workload"]])

@@ -1,7 +1,9 @@
-"""The GPU benchmark's command line, dry-run on the CPU: the real CLI as a subprocess, tiny settings.
+"""The GPU benchmark's command line (``compositor bench-gpu``), dry-run on the CPU: the real CLI as a
+subprocess, tiny settings.
 
 The CUDA measurements themselves run on a GPU machine (benchmarks/gpu.sh); here the plumbing, the
-JSON fields, the CUDA error and the TensorRT skip are checked.
+JSON fields, the chain's wiring, the CUDA error, the TensorRT skip, gpu.sh's requirement check and
+the light imports are checked.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from compositor import spec
+from compositor.bench import gpu_modes
+from compositor.bench.workloads import device_workload_inputs, device_workloads
 from compositor.export import tensorrt
+from compositor.networks.contract import contract_models
+from compositor.networks.factory import load_networks
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 OUTPUTS = {"matting": {"alpha"}, "blending": {"blended"}, "harmonization": {"harmonized"}, "chain": {"alpha", "blended", "harmonized"}}
@@ -28,7 +35,7 @@ def _environment() -> dict[str, str]:
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "compositor.bench.gpu", *arguments],
+        [sys.executable, "-m", "compositor", "bench-gpu", *arguments],
         check=False, capture_output=True, text=True, cwd=REPOSITORY, env=_environment(), timeout=120,
     )  # fmt: skip
 
@@ -85,6 +92,7 @@ def test_device_cuda_without_cuda_exits_2_naming_cuda(tmp_path):
     result = run_cli("--out", str(tmp_path / "x.json"), "--iterations", "1")
 
     assert result.returncode == 2
+    assert "error: --device cuda: " in result.stderr
     assert "torch.cuda.is_available() is False" in result.stderr and "torch.version.cuda" in result.stderr
     assert not (tmp_path / "x.json").exists()
 
@@ -116,3 +124,63 @@ def test_compile_mode_runs_through_dynamo_and_records_its_compile_time(tmp_path)
     assert (row["mode"], row["workload"]) == ("compile_fp16", "blending")
     assert row["compile_s"] == row["first_call_s"] > 0
     assert row["accuracy_vs_eager_fp32"]["blended"]["finite"] is True
+
+
+def test_the_chain_workload_feeds_each_network_what_the_spec_says(nontrivial_networks):
+    models = contract_models(nontrivial_networks)
+    source, background = device_workload_inputs("chain", (64, 64), 2, torch.device("cpu"))
+
+    with torch.inference_mode():
+        outputs = device_workloads(models, ("chain",))["chain"](source, background)
+        alpha = models["matting"](source)
+        blended = models["blending"](source, alpha, background)
+        harmonized = models["harmonization"](blended, alpha, background)
+
+    assert set(outputs) == {"alpha", "blended", "harmonized"}
+    torch.testing.assert_close(outputs["alpha"], alpha, rtol=0, atol=0)
+    torch.testing.assert_close(outputs["blended"], blended, rtol=0, atol=0)
+    torch.testing.assert_close(outputs["harmonized"], harmonized, rtol=0, atol=0)
+    assert source.shape == (2, 3, 64, 64) and background.shape == (2, 3, 64, 64)
+
+
+def test_network_workloads_take_the_spec_inputs_in_order_and_name_their_output():
+    models = contract_models(load_networks(trained_defaults=False))
+
+    for name, model_spec in spec.NETWORKS.items():
+        inputs = device_workload_inputs(name, (64, 96), 1, torch.device("cpu"))
+        assert [tuple(t.shape) for t in inputs] == [(1, *t.resolved_shape((64, 96))) for t in model_spec.inputs]
+        with torch.inference_mode():
+            (output,) = device_workloads(models, (name,))[name](*inputs).items()
+        assert output[0] == model_spec.outputs[0].name
+
+
+def test_help_and_the_benchmark_names_need_neither_torch_nor_scikit_image():
+    code = (
+        "import sys; import compositor.bench.load, compositor.bench.report, compositor.bench.machine, compositor.cli.bench_gpu; "
+        "print(sorted(m for m in ('torch', 'skimage', 'matplotlib', 'onnx', 'onnxruntime', 'polygraphy') if m in sys.modules))"
+    )
+    imports = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    help_text = run_cli("--help")
+
+    assert imports.stdout.strip() == "[]"
+    assert help_text.returncode == 0
+    assert "Example" in help_text.stdout and "compositor bench-gpu --out benchmarks/results/gpu.json" in help_text.stdout
+    for mode in gpu_modes.MODES:
+        assert mode in help_text.stdout
+
+
+def test_gpu_sh_names_the_missing_packages_before_running(tmp_path):
+    # An interpreter without site-packages stands in for a CUDA machine's bare python3.
+    bare_python = tmp_path / "python3"
+    bare_python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare_python.chmod(0o755)
+
+    result = subprocess.run(
+        [str(REPOSITORY / "benchmarks" / "gpu.sh"), "--device", "cpu"],
+        check=False, capture_output=True, text=True, env={**_environment(), "OUT": str(tmp_path / "out"), "PYTHON": str(bare_python)},
+        timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "lacks torch (a CUDA build), numpy, safetensors" in result.stderr
+    assert not (tmp_path / "out" / "gpu.json").exists()

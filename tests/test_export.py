@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -397,15 +399,27 @@ def test_comparisons_are_checked_on_the_type_they_compare_not_their_bool_output(
 
 
 def test_profile_matches_the_triton_config_the_repository_generates(exported):
+    # The export checks the profile against dims it takes from the spec (it does not import the
+    # serving package); the config that 'compositor repository --flavor tensorrt' generates must agree.
+    from compositor.serving.configs import RepositoryOptions, network_config
+
     _, report = exported
 
     for name in spec.NETWORKS:
+        config = network_config(spec.NETWORKS[name], RepositoryOptions(flavor="tensorrt", resolution=RESOLUTION, max_batch=MAX_BATCH))
+        dims = {entry["name"]: list(entry["dims"]) for entry in config["input"]}
         profiles = spec.tensorrt_profiles(spec.NETWORKS[name], RESOLUTION, MAX_BATCH)
-        dims, max_batch = pipeline.triton_config_dims(name, RESOLUTION, MAX_BATCH)
-        readiness.check_profile_against_triton(profiles, dims, max_batch)
+        readiness.check_profile_against_triton(profiles, dims, int(config["max_batch_size"]))
         assert dims == readiness.spec_triton_dims(name, RESOLUTION)
         check = report["networks"][name]["tensorrt_readiness"]["triton_profile_check"]
-        assert check == {"passed": True, "triton_dims": dims, "triton_max_batch_size": MAX_BATCH}
+        assert check == {"passed": True, "triton_dims": dims, "triton_max_batch_size": int(config["max_batch_size"])}
+
+
+def test_the_export_package_does_not_import_the_serving_package():
+    code = "import sys, compositor.export.pipeline; print(sorted(m for m in sys.modules if m.startswith('compositor.serving')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+
+    assert result.stdout.strip() == "[]"
 
 
 def test_profile_check_rejects_another_resolution_batch_or_input_name():
@@ -449,6 +463,34 @@ def test_a_failing_check_leaves_no_model_file_and_no_report(tmp_path, default_ne
         pipeline.export_all(tmp_path, default_networks, RESOLUTION, MAX_BATCH)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_polygraphy_errors_in_the_report_are_the_plain_differences_of_the_two_runtimes(exported):
+    out, report = exported
+    feeds = parity.parity_feeds(contract_models(load_networks(trained_defaults=False)), RESOLUTION)
+
+    for case in ("photos", "random"):
+        expected = parity.run_onnx(parity.onnxruntime_session(out / "harmonization.onnx"), feeds[case]["harmonization"])
+        actual = parity.run_onnx(parity.onnxruntime_session(out / "harmonization.fp16.onnx"), feeds[case]["harmonization"])
+        difference = np.abs(expected["harmonized"].astype(np.float64) - actual["harmonized"])
+        reported = report["networks"]["harmonization"]["fp16"]["parity"]["cases"][case]["harmonized"]
+        assert reported["max_abs_error"] == pytest.approx(difference.max(), rel=1e-6)
+        assert reported["mean_abs_error"] == pytest.approx(difference.mean(), rel=1e-4)
+        assert reported["psnr_db"] == pytest.approx(-10 * math.log10(np.mean(difference**2)), rel=1e-9)
+
+
+def test_fp16_tolerances_hold_on_the_toleranced_case_only_and_every_miss_is_named(exported):
+    out, _ = exported
+    feeds = parity.parity_feeds(contract_models(load_networks(trained_defaults=False)), RESOLUTION)
+    fp32, fp16_path = out / "matting.onnx", out / "matting.fp16.onnx"
+
+    with pytest.raises(ParityError) as error:
+        parity.check_fp16_parity("matting", fp32, fp16_path, feeds, tolerances={"alpha": {"max_abs_error": 1e-9}})
+    assert "photos/alpha: max abs error" in str(error.value) and "> 1e-09" in str(error.value)
+    assert "random/" not in str(error.value)  # measured and reported, not held to the tolerance
+
+    with pytest.raises(ParityError, match=r"random/alpha: mean abs error .* > 1e-10; random/alpha: PSNR .* dB < 200 dB"):
+        parity.check_fp16_parity("matting", fp32, fp16_path, feeds, tolerances={"alpha": {"psnr_db": 200.0}}, toleranced_case="random")
 
 
 def test_psnr_is_infinite_for_identical_images_and_nan_for_non_finite_ones():

@@ -1,16 +1,13 @@
-"""Benchmark results as people read them: a markdown table, a plot, the ratios that decide adoption."""
+"""Benchmark results as people read them: a markdown table, a plot, the ratios that decide adoption
+(``compositor bench``), and the GPU benchmark's table (``gpu_table``). matplotlib is imported by ``plot``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-
-from compositor.bench.workloads import CHAIN  # noqa: E402
-from compositor.files import atomic_path, write_text  # noqa: E402
+from compositor.bench.workloads import CHAIN
+from compositor.files import atomic_path, write_text
 
 
 def chain_rows(report: dict) -> list[dict]:
@@ -42,7 +39,7 @@ def markdown(report: dict) -> str:
     header = report["machine"]
     lines = [
         f"Machine: {header['cpu_model']}, {header['cpu_cores']} cores, {header['threads']} threads, "
-        f"no GPU; measured peak {header['peak_gflops']} GFLOP/s (FP32 matrix product). "
+        f"no GPU; measured peak {header['peak_gflops']} GFLOP/s ({_peak_source(header)}). "
         f"Network resolution {report['settings']['resolution']}, batch {report['settings']['batch']}. "
         f"Command: `{report['command']}`.",
         "",
@@ -69,8 +66,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _peak_source(header: dict) -> str:
+    """How the peak was measured: both GEMMs where the header has them (results since they were measured)."""
+    by_gemm = header.get("peak_gflops_by_gemm")
+    if not by_gemm:
+        return "FP32 matrix product"
+    return "FP32 matrix product, the faster of " + " and ".join(f"{name} {value}" for name, value in by_gemm.items())
+
+
 def plot(report: dict, path: Path) -> Path:
     """Throughput and p50/p99 latency against concurrency, full chain, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
     rows = chain_rows(report)
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for mode in dict.fromkeys(r["mode"] for r in rows):
@@ -112,3 +122,43 @@ def update_readme(readme: Path, section: str) -> Path:
     if start < 0 or end < start:
         raise ValueError(f"{readme} has no performance markers ({README_START} ... {README_END})")
     return write_text(readme, text[:start] + section + text[end + len(README_END):])
+
+
+# --- The GPU benchmark (compositor bench-gpu) -----------------------------------------------------
+
+
+def gpu_accuracy_text(row: dict) -> str:
+    """A GPU row's accuracy against eager FP32 in a few characters ("" for the reference itself)."""
+    accuracy = row["accuracy_vs_eager_fp32"]
+    if accuracy is None:
+        return ""
+    if not all(a["finite"] for a in accuracy.values()):
+        return "  NOT FINITE"
+    worst_abs = max(a["max_abs_error"] for a in accuracy.values())
+    psnrs = [a["psnr_db"] for a in accuracy.values() if a["psnr_db"] is not None]
+    return f"  max|d| {worst_abs:.2e}  PSNR {min(psnrs):.1f} dB" if psnrs else f"  max|d| {worst_abs:.2e}  identical"
+
+
+def gpu_table(report: dict) -> str:
+    """The GPU benchmark's results as a compact fixed-width table (what ``compositor bench-gpu`` prints)."""
+    header = f"{'mode':<13}{'workload':<14}{'batch':>5}{'img/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'TFLOP/s':>9}{'peak MB':>9}{'first s':>9}  accuracy vs FP32"
+    lines = [header, "-" * len(header)]
+    for row in report["results"]:
+        memory = "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}"
+        lines.append(
+            f"{row['mode']:<13}{row['workload']:<14}{row['batch']:>5}{row['perf_throughput']:>10.1f}"
+            f"{row['perf_latency_p50']:>9.2f}{row['perf_latency_p99']:>9.2f}{row['achieved_tflops']:>9.2f}"
+            f"{memory:>9}{row['first_call_s']:>9.1f}{gpu_accuracy_text(row) or '  (reference)'}"
+        )
+    for skipped in report["skipped"]:
+        where = " ".join(str(skipped[k]) for k in ("workload", "batch") if skipped.get(k) is not None)
+        lines.append(f"skipped {skipped['mode']}{' ' + where if where else ''}: {skipped['reason']}")
+    for error in report["errors"]:
+        lines.append(f"ERROR {error['mode']} {error['workload'] or ''} {error['batch'] or ''}: {error['error']}")
+    machine = report["machine"]
+    lines.append(
+        f"{machine['gpu']} | torch {machine['torch']} CUDA {machine['torch_cuda']} | driver {machine.get('driver', '-')} | "
+        f"peak {machine['peak_tflops']['fp32']:.1f} (fp32) / {machine['peak_tflops']['fp16']:.1f} (fp16) TFLOP/s | "
+        f"{report['wall_time_s']:.0f} s"
+    )
+    return "\n".join(lines)

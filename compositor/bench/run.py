@@ -21,7 +21,7 @@ from compositor.bench.load import LoadSettings, measure
 from compositor.bench.machine import machine_header
 from compositor.bench.report import ratios
 from compositor.bench.workloads import CHAIN, in_process_workloads, make_pipeline, network_inputs, torch_threads
-from compositor.export.onnx_export import export_fp32
+from compositor.export.layout import fp32_file
 from compositor.networks.contract import contract_models
 from compositor.networks.complexity import complexity_table
 from compositor.networks.factory import Networks
@@ -57,9 +57,11 @@ class BenchSettings:
 
 
 def _export_onnx(networks: Networks, resolution: tuple[int, int], out_dir: Path) -> Path:
+    from compositor.export.onnx_export import export_fp32  # ONNX tooling, for these two modes only
+
     models = contract_models(networks)
     for name in NETWORKS:
-        export_fp32(models[name], name, out_dir / f"{name}.onnx", resolution)
+        export_fp32(models[name], name, out_dir / fp32_file(name), resolution)
     return out_dir
 
 
@@ -102,7 +104,11 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
             "stability": settings.load.stability,
             "untrained_weights": list(networks.untrained),
         },
-        "compute": {"gflops_per_image": flops, "peak_gflops": header["peak_gflops"]},
+        "compute": {
+            "gflops_per_image": flops,
+            "peak_gflops": header["peak_gflops"],
+            "peak_gflops_by_gemm": header["peak_gflops_by_gemm"],
+        },
         "results": [],
         "triton_server": {},
     }

@@ -1,21 +1,28 @@
-"""What a benchmark times: the full chain or one network, on each runtime, as a no-argument call.
+"""What a benchmark times: the full chain or one network, on each runtime.
+
+``compositor bench`` times no-argument calls of the in-process pipelines and Triton on photos;
+``compositor bench-gpu`` times device workloads (``device_workloads``) on seeded tensors.
 
 Inputs are real photos (scikit-image's astronaut as the source, coffee as the background), made once
-per workload, so every runtime does the same work on the same pixels.
+per workload, so every runtime does the same work on the same pixels. scikit-image, PyTorch and the
+pipelines are imported where they are used: the workload names are read by light modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import skimage.data
-import torch
 
-from compositor import imaging
-from compositor.pipeline import EagerPipeline, OnnxRuntimePipeline, Pipeline
+from compositor import spec
 from compositor.spec import NETWORKS, network_feeds
+
+if TYPE_CHECKING:
+    import torch
+
+    from compositor.pipeline import Pipeline
 
 CHAIN = "chain"
 WORKLOADS = (CHAIN, *NETWORKS)
@@ -23,6 +30,8 @@ WORKLOADS = (CHAIN, *NETWORKS)
 
 def sample_frames(batch: int) -> tuple[np.ndarray, np.ndarray]:
     """A batch of (source, background) uint8 NHWC frames: astronaut (512x512) onto coffee (400x600)."""
+    import skimage.data
+
     source = np.stack([skimage.data.astronaut()] * batch)
     background = np.stack([skimage.data.coffee()] * batch)
     return source, background
@@ -30,6 +39,8 @@ def sample_frames(batch: int) -> tuple[np.ndarray, np.ndarray]:
 
 def network_inputs(pipeline: Pipeline, batch: int) -> dict[str, list[np.ndarray]]:
     """Realistic float32 NCHW inputs of each network: the chain's own intermediate tensors."""
+    from compositor import imaging
+
     source, background = sample_frames(batch)
     prepared = imaging.preprocess(source, background, pipeline.resolution)
     feeds = network_feeds(pipeline.run_networks(prepared))
@@ -62,6 +73,8 @@ def in_process_workloads(mode: str, pipeline: Pipeline, batch: int, workloads: t
 
 def make_pipeline(mode: str, networks, resolution: tuple[int, int], onnx_dir=None) -> Pipeline:
     """The in-process pipeline of ``mode``: ``eager`` (PyTorch) or ``onnxruntime`` (exported FP32 ONNX)."""
+    from compositor.pipeline import EagerPipeline, OnnxRuntimePipeline
+
     if mode == "eager":
         return EagerPipeline(networks, resolution)
     if mode == "onnxruntime":
@@ -70,4 +83,42 @@ def make_pipeline(mode: str, networks, resolution: tuple[int, int], onnx_dir=Non
 
 
 def torch_threads() -> int:
+    import torch
+
     return torch.get_num_threads()
+
+
+# --- The GPU benchmark's workloads: tensors on the device, the chain as the spec declares it ------
+
+
+def device_workloads(forwards: dict[str, Callable], names: tuple[str, ...]) -> dict[str, Callable[..., dict]]:
+    """Each network alone (its spec output name) and the chain (``spec.run_chain``: every step's output).
+
+    ``forwards[name](*inputs)`` runs a network on the spec's inputs in order; a workload returns its
+    outputs by name.
+    """
+
+    def network(name: str) -> Callable[..., dict]:
+        output = spec.NETWORKS[name].outputs[0].name
+        return lambda *inputs: {output: forwards[name](*inputs)}
+
+    def chain(*inputs) -> dict:
+        values = spec.run_chain(lambda name, *tensors: forwards[name](*tensors), dict(zip(spec.CHAIN_INPUTS, inputs)))
+        return {step.output: values[step.output] for step in spec.CHAIN}
+
+    return {name: chain if name == CHAIN else network(name) for name in names}
+
+
+def device_workload_inputs(workload: str, resolution: tuple[int, int], batch: int, device: torch.device) -> list[torch.Tensor]:
+    """Seeded [0, 1] inputs in the spec's order; the chain takes ``spec.CHAIN_INPUTS``.
+
+    Made as inference tensors, like the chain's intermediate tensors, so a network compiled on
+    these inputs sees the same kind of tensor inside the chain (no recompilation).
+    """
+    import torch
+
+    from compositor.networks.complexity import example_chain_inputs, example_inputs
+
+    tensors = example_chain_inputs(resolution, batch) if workload == CHAIN else example_inputs(workload, resolution, batch)
+    with torch.inference_mode():
+        return [tensor.to(device, copy=True) for tensor in tensors]

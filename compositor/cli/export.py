@@ -10,8 +10,13 @@ exported, so exported models and `compositor composite --local` agree. A network
 FP16 tolerances with only its statistics in FP32 keeps more in FP32 along a fixed ladder (MODNet:
 its MobileNetV2 encoder, which the untrained weights need); the report records every attempt.
 
-Without TensorRT, --engines fails after writing the ONNX files and the report, and prints the
-trtexec command lines that build the same engines in NVIDIA's TensorRT or Triton container.
+Without TensorRT, --engines still writes the ONNX files and the report, then says that no engine
+was built and prints the trtexec command lines that build the same engines in NVIDIA's TensorRT or
+Triton container, and exits with status 3.
+
+Exit status: 0 exported (and, with --engines, every engine built and checked); 2 bad options or a
+failed check (nothing unchecked is left in --out); 3 --engines without TensorRT (ONNX files and
+report written, no engine built).
 
 Example:
   compositor export --out exported
@@ -21,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
@@ -43,9 +49,14 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+ENGINES_NOT_BUILT = 3
+"""Exit status of ``--engines`` without TensorRT: the ONNX export succeeded, no engine was built."""
+
+
 def run(args) -> int:
     # The export chain pulls in ONNX tooling; imported here so 'compositor --help' stays quick.
     from compositor.export.fp16 import PrecisionError
+    from compositor.export.layout import read_report
     from compositor.export.onnx_export import ExportError
     from compositor.export.parity import ParityError
     from compositor.export.pipeline import export_all
@@ -61,7 +72,10 @@ def run(args) -> int:
     try:
         result = export_all(args.out, networks, args.resolution, args.max_batch, args.engines, weights=weights)
     except TensorRTUnavailableError as error:
-        raise CommandError(str(error)) from error
+        # Raised after the ONNX files and the report were written: show both, then why no engine.
+        print(summary(read_report(args.out), args.out))
+        print(str(error), file=sys.stderr)
+        return ENGINES_NOT_BUILT
     except (ExportError, ParityError, PrecisionError, ReadinessError, EngineBuildError) as error:
         raise CommandError(f"export failed: {error}") from error
     print(summary(result.report, args.out))
@@ -70,7 +84,7 @@ def run(args) -> int:
 
 def summary(report: dict, out: Path) -> str:
     """A few lines for the terminal; the details are in the report."""
-    from compositor.export.pipeline import REPORT_FILE
+    from compositor.export.layout import REPORT_FILE
 
     lines = [f"exported to {out} ({report['seconds']['total']:.0f} s); details in {out / REPORT_FILE}"]
     for name, entry in report["networks"].items():
@@ -84,4 +98,6 @@ def summary(report: dict, out: Path) -> str:
             for output, o in photos.items()
         )
         lines.append(f"  {name:<14} FP32 max abs error {fp32:.2g}; FP16 ({entry['fp16']['policy']}) {fp16}")
+        if entry["tensorrt"]["engine"]:
+            lines.append(f"  {'':<14} TensorRT {entry['files']['plan']}: parity against ONNX Runtime FP32 passed")
     return "\n".join(lines)

@@ -65,7 +65,7 @@ def export_fp32(
         model: module whose ``forward`` takes the spec's inputs of network ``name`` in order.
         name: network name in ``compositor.spec.NETWORKS``.
         path: output ``.onnx`` file, written atomically.
-        resolution: network (height, width), fixed in the graph.
+        resolution: network (height, width), fixed in the graph (parsed at the edge: ``spec.parse_resolution``).
         opset: ONNX opset, at least ``spec.ONNX_OPSET``.
 
     Returns:
@@ -75,7 +75,6 @@ def export_fp32(
         ExportError: if the graph does not match the contract (see ``check_contract``).
     """
     model_spec = spec.NETWORKS[name]
-    resolution = spec.parse_resolution(resolution)
     path = Path(path)
     if opset < spec.ONNX_OPSET:
         raise ExportError(f"opset {opset} is below the project's minimum {spec.ONNX_OPSET}")

@@ -1,4 +1,5 @@
-"""Parity checks: ONNX Runtime against eager PyTorch (FP32) and FP16 ONNX against FP32 ONNX.
+"""Parity checks: ONNX Runtime against eager PyTorch (FP32), FP16 ONNX against FP32 ONNX, and (where
+TensorRT exists) an engine against ONNX Runtime: one comparison, through Polygraphy.
 
 Every check runs two input cases per network:
 
@@ -9,25 +10,48 @@ Every check runs two input cases per network:
 * ``random``: uniform [0, 1] noise, with a batch size other than the traced one (the batch axis must
   really be dynamic).
 
-Errors are measured per output tensor: max and mean absolute error, PSNR (peak 1.0, images are in
-[0, 1]) and whether everything is finite. A check collects every miss, then raises ``ParityError``
-naming them all.
+What Polygraphy does: ``compare_runners`` runs both sides with ``polygraphy.comparator.Comparator``
+(one iteration per case) on Polygraphy runners (``OnnxrtRunner`` for ONNX Runtime, ``TrtRunner``
+from ``compositor.export.tensorrt`` for engines) and checks each output with ``SimpleCompareFunc``
+(``CompareFunc.simple``'s replacement in Polygraphy 0.53) with per-output ``check_error_stat``,
+``atol`` and ``rtol=0``; the max and mean absolute errors in the report are Polygraphy's.
+
+What stays our own, and why:
+
+* ``EagerRunner``: Polygraphy's ``PytRunner`` moves inputs to CUDA unconditionally and treats the
+  model's output as a sequence of outputs, so it cannot run our single-output contract models on a
+  CPU machine; ``EagerRunner`` is a small ``BaseRunner`` that can;
+* PSNR (``metrics.psnr_db``, re-exported here with ``compare``): Polygraphy's ``PsnrCompareFunc`` takes the reference's maximum as the peak,
+  so its PSNR depends on image content; our images live in [0, 1] and the FP16 tolerances are set
+  with the fixed peak 1.0. A PSNR tolerance is checked on our PSNR, and also handed to Polygraphy
+  as the bound it implies on the mean absolute error (mean abs <= RMSE = 10^(-PSNR/20));
+* finiteness, which is reported per output and required of every case, toleranced or not;
+* the input cases (``parity_feeds``).
+
+A check collects every miss, then raises ``ParityError`` naming them all.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import Comparator, SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
 from torch import nn
 
-from compositor.errors import CompositorError
 from compositor import imaging, spec
+from compositor.errors import CompositorError
+from compositor.export.metrics import OutputComparison, compare, error_bounds, psnr_db  # noqa: F401 - compare: re-exported
 from compositor.onnx_runtime import create_session
 
 log = logging.getLogger(__name__)
@@ -50,25 +74,6 @@ RANDOM_SEED = 0
 
 class ParityError(CompositorError, RuntimeError):
     """An exported model misses a parity tolerance."""
-
-
-@dataclass
-class OutputComparison:
-    """Error of one output tensor against its reference."""
-
-    max_abs_error: float
-    mean_abs_error: float
-    psnr_db: float
-    finite: bool
-
-    def as_dict(self) -> dict:
-        return {
-            "max_abs_error": self.max_abs_error,
-            "mean_abs_error": self.mean_abs_error,
-            # JSON has no infinity: identical outputs report a PSNR of null.
-            "psnr_db": self.psnr_db if math.isfinite(self.psnr_db) else None,
-            "finite": self.finite,
-        }
 
 
 @dataclass
@@ -158,7 +163,37 @@ def parity_feeds(models: dict[str, nn.Module], resolution: tuple[int, int]) -> d
     return {"photos": photo_feeds(models, resolution), "random": random_feeds(resolution)}
 
 
-# --- Running --------------------------------------------------------------------------------------
+# --- Runners --------------------------------------------------------------------------------------
+
+
+class EagerRunner(BaseRunner):
+    """A Polygraphy runner for a contract model in eager PyTorch on the CPU (FP32 in, FP32 out).
+
+    Polygraphy's own ``PytRunner`` cannot stand in: it moves every input to CUDA and iterates the
+    model's return value as a sequence of outputs (a single tensor would be split along its batch).
+    """
+
+    def __init__(self, model: nn.Module, name: str, runner_name: str = "eager PyTorch FP32"):
+        super().__init__(name=runner_name)
+        self.model = model
+        self.model_spec = spec.NETWORKS[name]
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        metadata = TensorMetadata()
+        for tensor in self.model_spec.inputs:
+            metadata.add(tensor.name, dtype=np.float32, shape=(None, *tensor.shape[:1], None, None))
+        return metadata
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = run_eager(self.model, self.model_spec.name, feed_dict)
+        self.inference_time = time.perf_counter() - started
+        return outputs
+
+
+def onnxruntime_runner(path: str | Path, runner_name: str) -> OnnxrtRunner:
+    """A Polygraphy runner on our CPU session for ``path`` (``compositor.onnx_runtime.create_session``)."""
+    return OnnxrtRunner(lambda: onnxruntime_session(path), name=runner_name)
 
 
 def onnxruntime_session(path: str | Path) -> ort.InferenceSession:
@@ -176,33 +211,83 @@ def run_eager(model: nn.Module, name: str, feeds: dict[str, np.ndarray]) -> dict
     """Run a contract model on named inputs; returns its single output by its spec name."""
     model_spec = spec.NETWORKS[name]
     with torch.no_grad():
-        output = model(*(torch.from_numpy(feeds[t.name]) for t in model_spec.inputs))
+        output = model(*(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in model_spec.inputs))
     return {model_spec.outputs[0].name: output.numpy()}
 
 
 # --- Comparing ------------------------------------------------------------------------------------
 
 
-def psnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """PSNR for images in [0, 1]; ``inf`` when identical, ``nan`` if the candidate is not finite."""
-    if not np.all(np.isfinite(candidate)):
-        return math.nan
-    mse = float(np.mean((reference.astype(np.float64) - candidate.astype(np.float64)) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray) -> OutputComparison:
-    """Errors of ``candidate`` against ``reference`` (same shape)."""
-    if reference.shape != candidate.shape:
-        raise ParityError(f"shape {candidate.shape} differs from the reference's {reference.shape}")
-    finite = bool(np.all(np.isfinite(candidate)))
-    difference = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    return OutputComparison(
-        max_abs_error=float(np.max(difference)) if finite else math.inf,
-        mean_abs_error=float(np.mean(difference)) if finite else math.inf,
-        psnr_db=psnr_db(reference, candidate),
-        finite=finite,
+def simple_compare_func(tolerances: dict[str, dict[str, float]]) -> SimpleCompareFunc:
+    """Polygraphy's comparison for ``tolerances``: per-output statistic and ``atol``, ``rtol`` 0."""
+    bounds = error_bounds(tolerances)
+    return SimpleCompareFunc(
+        check_error_stat={output: stat for output, (stat, _) in bounds.items()},
+        atol={output: bound for output, (_, bound) in bounds.items()},
+        rtol=0.0,  # an absolute bound only: images in [0, 1], where relative errors near 0 mean nothing
     )
+
+
+def compare_runners(
+    network: str,
+    reference: BaseRunner,
+    candidate: BaseRunner,
+    feeds: dict[str, dict[str, dict[str, np.ndarray]]],
+    tolerances: dict[str, dict[str, float]],
+    toleranced_cases: tuple[str, ...] | None = None,
+) -> ParityReport:
+    """Run both runners on every case of ``feeds`` with Polygraphy's comparator and hold them to ``tolerances``.
+
+    Args:
+        network: network name (its inputs are ``feeds[case][network]``).
+        reference, candidate: Polygraphy runners (not yet activated).
+        feeds: from ``parity_feeds``.
+        tolerances: output -> ``{"max_abs_error": e}`` (at most) or ``{"psnr_db": P}`` (at least).
+        toleranced_cases: the cases held to ``tolerances`` (default: all); every case must be finite.
+
+    Returns:
+        the report; call ``raise_on_failure`` on it (the ``check_*`` functions do).
+    """
+    if reference.name == candidate.name:
+        raise ValueError(f"the runners need distinct names (Polygraphy keys results by name), both are {reference.name!r}")
+    cases = list(feeds)
+    toleranced_cases = tuple(cases) if toleranced_cases is None else toleranced_cases
+    compare_func = simple_compare_func(tolerances)
+    bounds = error_bounds(tolerances)
+    # Polygraphy logs every step to stdout; our own log lines (``_log``) say what matters.
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        run_results = Comparator.run([reference, candidate], data_loader=[feeds[case][network] for case in cases])
+        (accuracy,) = Comparator.compare_accuracy(run_results, compare_func=compare_func)
+    (_, expected_iterations), (_, actual_iterations) = run_results.items()
+    verdicts = accuracy[(reference.name, candidate.name)]
+    report = ParityReport(network, reference.name, candidate.name, tolerances)
+    for index, case in enumerate(cases):
+        report.cases[case] = {}
+        for output, expected in expected_iterations[index].items():
+            actual = actual_iterations[index][output]
+            polygraphy = verdicts[index][output]
+            finite = bool(np.all(np.isfinite(actual)))
+            comparison = OutputComparison(
+                max_abs_error=polygraphy.max_absdiff if finite else math.inf,
+                mean_abs_error=polygraphy.mean_absdiff if finite else math.inf,
+                psnr_db=psnr_db(expected, actual),
+                finite=finite,
+            )
+            report.cases[case][output] = comparison
+            if not finite:
+                report.failures.append(f"{case}/{output}: not finite (inf or nan)")
+                continue
+            if case not in toleranced_cases:
+                continue
+            if output in bounds and not polygraphy:
+                stat, bound = bounds[output]
+                value = comparison.max_abs_error if stat == "max" else comparison.mean_abs_error
+                report.failures.append(f"{case}/{output}: {stat} abs error {value:.4g} > {bound:g}")
+            limit = tolerances.get(output, {}).get("psnr_db")
+            if limit is not None and not comparison.psnr_db >= limit:
+                report.failures.append(f"{case}/{output}: PSNR {comparison.psnr_db:.2f} dB < {limit:g} dB")
+    _log(report)
+    return report
 
 
 def check_fp32_parity(
@@ -228,20 +313,11 @@ def check_fp32_parity(
         ParityError: if an output is not finite or exceeds ``tolerance``.
     """
     tolerance = FP32_MAX_ABS_ERROR if tolerance is None else tolerance
-    session = onnxruntime_session(onnx_path)
-    report = ParityReport(name, "eager PyTorch FP32", "ONNX Runtime CPU, FP32 ONNX", {"max_abs_error": tolerance})
-    for case, by_network in feeds.items():
-        expected = run_eager(model, name, by_network[name])
-        actual = run_onnx(session, by_network[name])
-        report.cases[case] = {}
-        for output, reference in expected.items():
-            comparison = compare(reference, actual[output])
-            report.cases[case][output] = comparison
-            if not comparison.finite or comparison.max_abs_error > tolerance:
-                report.failures.append(
-                    f"{case}/{output}: max abs error {comparison.max_abs_error:.3g} > {tolerance:g}"
-                )
-    _log(report)
+    tolerances = {output: {"max_abs_error": tolerance} for output in spec.NETWORKS[name].output_names()}
+    report = compare_runners(
+        name, EagerRunner(model, name), onnxruntime_runner(onnx_path, "ONNX Runtime CPU, FP32 ONNX"), feeds, tolerances
+    )
+    report.tolerances = {"max_abs_error": tolerance}
     return report.raise_on_failure()
 
 
@@ -262,35 +338,32 @@ def check_fp16_parity(
     Raises:
         ParityError: listing every miss.
     """
-    tolerances = FP16_TOLERANCES if tolerances is None else tolerances
-    reference_session = onnxruntime_session(fp32_path)
-    session = onnxruntime_session(fp16_path)
-    report = ParityReport(
-        name,
-        "ONNX Runtime CPU, FP32 ONNX",
-        "ONNX Runtime CPU, FP16 ONNX",
-        {"toleranced_case": toleranced_case, "all_cases": {"finite": True}, **tolerances},
+    return check_against_fp32_onnx(
+        name, fp32_path, onnxruntime_runner(fp16_path, "ONNX Runtime CPU, FP16 ONNX"), feeds, tolerances, toleranced_case
     )
-    for case, by_network in feeds.items():
-        expected = run_onnx(reference_session, by_network[name])
-        actual = run_onnx(session, by_network[name])
-        report.cases[case] = {}
-        for output, reference in expected.items():
-            comparison = compare(reference, actual[output])
-            report.cases[case][output] = comparison
-            if not comparison.finite:
-                report.failures.append(f"{case}/{output}: not finite (inf or nan)")
-                continue
-            if case != toleranced_case:
-                continue
-            limits = tolerances.get(output, {})
-            if "max_abs_error" in limits and comparison.max_abs_error > limits["max_abs_error"]:
-                report.failures.append(
-                    f"{case}/{output}: max abs error {comparison.max_abs_error:.4g} > {limits['max_abs_error']:g}"
-                )
-            if "psnr_db" in limits and not comparison.psnr_db >= limits["psnr_db"]:
-                report.failures.append(f"{case}/{output}: PSNR {comparison.psnr_db:.2f} dB < {limits['psnr_db']:g} dB")
-    _log(report)
+
+
+def check_against_fp32_onnx(
+    name: str,
+    fp32_path: str | Path,
+    candidate: BaseRunner,
+    feeds: dict[str, dict[str, dict[str, np.ndarray]]],
+    tolerances: dict[str, dict[str, float]] | None = None,
+    toleranced_case: str = "photos",
+) -> ParityReport:
+    """Any FP16 runner (ONNX Runtime on the FP16 ONNX, a TensorRT engine) against ONNX Runtime FP32.
+
+    The FP16 tolerances (default ``FP16_TOLERANCES``) on ``toleranced_case``; finite everywhere.
+
+    Raises:
+        ParityError: listing every miss.
+    """
+    tolerances = FP16_TOLERANCES if tolerances is None else tolerances
+    outputs = spec.NETWORKS[name].output_names()
+    tolerances = {output: tolerances[output] for output in outputs if output in tolerances}
+    reference = onnxruntime_runner(fp32_path, "ONNX Runtime CPU, FP32 ONNX")
+    report = compare_runners(name, reference, candidate, feeds, tolerances, (toleranced_case,))
+    report.tolerances = {"toleranced_case": toleranced_case, "all_cases": {"finite": True}, **tolerances}
     return report.raise_on_failure()
 
 

@@ -1,22 +1,23 @@
 """The whole export: three networks -> FP32 ONNX -> FP16 ONNX -> (TensorRT engines) -> report.
 
-Per network, each step raises on failure and logs one progress line:
+``export_network`` runs one network's chain; each step raises on failure and logs one progress line:
 
 1. FP32 ONNX: ``onnx_export.export_fp32`` (spec names, dynamic batch, fixed spatial size),
    ``parity.check_fp32_parity`` (ONNX Runtime against eager PyTorch on photos and random inputs),
    ``readiness.check_tensorrt_readiness``;
 2. FP16 ONNX: walk ``fp16.precision_ladder`` until a rung passes ``parity.check_fp16_parity`` and
    ``headroom.check_fp16_headroom``; then ``readiness.check_tensorrt_readiness``;
-3. the optimisation profile against the Triton config that ``compositor repository`` generates
-   for the ``tensorrt`` flavour (``readiness.check_profile_against_triton``);
-4. with ``engines``: ``tensorrt.build_engine`` (strongly typed, shared timing cache).
+3. the optimisation profile against the Triton config of the ``tensorrt`` flavour, whose dims and
+   ``max_batch_size`` come from the same spec (``readiness.check_profile_against_triton``);
+4. with ``engine``: ``tensorrt.build_engine`` (strongly typed, shared timing cache), then the engine
+   against ONNX Runtime FP32 with the FP16 tolerances (``parity.check_against_fp32_onnx`` with a
+   ``TrtRunner``).
 
-Every file is written to a temporary name and renamed once its checks passed, so the export
-directory never holds a half-written or unchecked model. ``export_report.json`` is removed first
-and written last: a directory without it holds an unfinished export.
-
-Files (``<name>`` is ``matting``, ``blending``, ``harmonization``): ``<name>.onnx`` (FP32),
-``<name>.fp16.onnx``, ``<name>.plan`` (with ``engines``), ``timing.cache``, ``export_report.json``.
+``export_all`` runs it for the three networks and writes the report; the GPU benchmark calls
+``export_network`` for its engines. Every file is written to a temporary name and renamed once its
+checks passed, so the export directory never holds a half-written or unchecked model.
+``export_report.json`` is removed first and written last: a directory without it holds an
+unfinished export. File names: ``compositor.export.layout``.
 """
 
 from __future__ import annotations
@@ -30,19 +31,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
+from torch import nn
 
 from compositor import spec
 from compositor.export import fp16, headroom, parity, readiness, tensorrt
-from compositor.files import atomic_path, write_json
-from compositor.export.layout import REPORT_FILE, fp16_file, fp32_file, plan_file
+from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, fp16_file, fp32_file, plan_file
 from compositor.export.onnx_export import export_fp32
+from compositor.files import atomic_path, write_json
 from compositor.networks.contract import contract_models
 from compositor.networks.factory import Networks
 
 log = logging.getLogger(__name__)
+
+Feeds = dict[str, dict[str, dict[str, np.ndarray]]]
+"""``{case: {network: {input name: array}}}`` (``parity.parity_feeds``)."""
+
 
 class Progress:
     """One log line when a step starts and one when it ends: ``[k/N] network: step (seconds)``."""
@@ -71,12 +78,81 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
 
 
-def triton_config_dims(name: str, resolution: tuple[int, int], max_batch: int) -> tuple[dict[str, list[int]], int]:
-    """Input ``dims`` and ``max_batch_size`` of the Triton config generated for the TensorRT engine."""
-    from compositor.serving.configs import RepositoryOptions, network_config  # serving depends on tritonclient
+def steps_per_network(engine: bool) -> int:
+    """Progress steps ``export_network`` reports: FP32, FP16, profile check (+ engine)."""
+    return 4 if engine else 3
 
-    config = network_config(spec.NETWORKS[name], RepositoryOptions(flavor="tensorrt", resolution=resolution, max_batch=max_batch))
-    return {entry["name"]: list(entry["dims"]) for entry in config["input"]}, int(config["max_batch_size"])
+
+def export_network(
+    name: str,
+    model: nn.Module,
+    out_dir: Path,
+    feeds: Feeds,
+    resolution: tuple[int, int],
+    max_batch: int,
+    engine: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Export, check and (with ``engine``) build one network into ``out_dir``.
+
+    Args:
+        name: network name (a key of ``spec.NETWORKS``).
+        model: its contract model (``networks.contract.contract_models``), on the CPU.
+        out_dir: where ``layout.fp32_file(name)``, ``fp16_file`` and ``plan_file`` go (must exist).
+        feeds: from ``parity.parity_feeds`` (all three networks' inputs, per case).
+        resolution: network (height, width), fixed in every graph and engine.
+        max_batch: largest batch (TensorRT profile max, Triton ``max_batch_size``).
+        engine: also build ``<name>.plan`` with TensorRT (which must be available) and check it.
+        progress: where the steps are counted (a private one if None).
+
+    Returns:
+        the network's entry of ``export_report.json``.
+
+    Raises:
+        ExportError, ParityError, PrecisionError, ReadinessError: a check failed (the file it
+            checked is not left in ``out_dir``).
+        TensorRTUnavailableError, EngineBuildError: ``engine`` without TensorRT, or TensorRT failed.
+    """
+    progress = progress or Progress(steps_per_network(engine))
+    entry = _network_entry(name, resolution, max_batch)
+    fp32_path, fp16_path = out_dir / fp32_file(name), out_dir / fp16_file(name)
+
+    with progress.step(f"{name}: FP32 ONNX: export, parity against eager, TensorRT readiness"):
+        with atomic_path(fp32_path) as staging:
+            export_fp32(model, name, staging, resolution)
+            entry["fp32_parity"] = parity.check_fp32_parity(name, model, staging, feeds).as_dict()
+            fp32_model = onnx.load(str(staging))
+            entry["tensorrt_readiness"] = {"fp32": readiness.check_tensorrt_readiness(fp32_model, name, resolution)}
+
+    with progress.step(f"{name}: FP16 ONNX: mixed precision, parity, headroom, TensorRT readiness"):
+        entry["fp16"], entry["tensorrt_readiness"]["fp16"] = export_fp16_with_ladder(
+            name, model, fp32_model, fp32_path, fp16_path, feeds, resolution
+        )
+
+    with progress.step(f"{name}: TensorRT profile against the Triton config"):
+        profiles = spec.tensorrt_profiles(spec.NETWORKS[name], resolution, max_batch)
+        # The tensorrt flavour's config takes its dims and max_batch_size from the same spec
+        # (compositor.serving.configs); tests/test_export.py checks that the generated config agrees.
+        dims = readiness.spec_triton_dims(name, resolution)
+        readiness.check_profile_against_triton(profiles, dims, max_batch)
+        entry["tensorrt_readiness"]["triton_profile_check"] = {
+            "passed": True,
+            "triton_dims": dims,
+            "triton_max_batch_size": max_batch,
+        }
+
+    if engine:
+        plan_path = out_dir / plan_file(name)
+        with progress.step(f"{name}: TensorRT engine: build, parity against ONNX Runtime FP32"):
+            entry["tensorrt"]["engine"] = tensorrt.build_engine(
+                fp16_path, plan_path, name, profiles, out_dir / TIMING_CACHE_FILE
+            )
+            entry["files"]["plan"] = plan_file(name)
+            # The profile's batch range: every case cut to at most max_batch images.
+            engine_feeds = {case: {n: {k: v[:max_batch] for k, v in f.items()} for n, f in by.items()} for case, by in feeds.items()}
+            runner = tensorrt.engine_runner(plan_path, "TensorRT engine (FP16 ONNX, strongly typed)")
+            entry["tensorrt"]["parity"] = parity.check_against_fp32_onnx(name, fp32_path, runner, engine_feeds).as_dict()
+    return entry
 
 
 def export_all(
@@ -92,7 +168,7 @@ def export_all(
     Args:
         out_dir: export directory (created).
         networks: from ``compositor.networks.factory.load_networks`` (the eager pipeline's weights).
-        resolution: network (height, width), multiples of 32, fixed in every graph and engine.
+        resolution: network (height, width), multiples of 32 (``spec.parse_resolution`` at the edge).
         max_batch: largest batch (TensorRT profile max, Triton ``max_batch_size``).
         engines: also build ``<name>.plan`` with TensorRT.
         weights: where the weights came from, recorded in the report (e.g. checkpoint paths).
@@ -110,14 +186,12 @@ def export_all(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolution = spec.parse_resolution(resolution)
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     models = contract_models(networks)
     tensorrt_missing = tensorrt.unavailable_reason() if engines else None
     build_engines = engines and tensorrt_missing is None
-    steps_per_network = 3 + (1 if build_engines else 0)
-    progress = Progress(1 + steps_per_network * len(models))
+    progress = Progress(1 + steps_per_network(build_engines) * len(models))
     log.info(
         "export to %s: %s at %s, batch 1..%d, engines %s",
         out_dir, ", ".join(models), spec.format_resolution(resolution), max_batch,
@@ -132,40 +206,8 @@ def export_all(
     report_networks, files, timings = {}, [], {}
     for name, model in models.items():
         network_started = time.perf_counter()
-        entry = report_networks[name] = _network_entry(name, resolution, max_batch)
-        fp32_path, fp16_path = out_dir / fp32_file(name), out_dir / fp16_file(name)
-
-        with progress.step(f"{name}: FP32 ONNX: export, parity against eager, TensorRT readiness"):
-            with atomic_path(fp32_path) as staging:
-                export_fp32(model, name, staging, resolution)
-                entry["fp32_parity"] = parity.check_fp32_parity(name, model, staging, feeds).as_dict()
-                fp32_model = onnx.load(str(staging))
-                entry["tensorrt_readiness"] = {"fp32": readiness.check_tensorrt_readiness(fp32_model, name, resolution)}
-        files.append(fp32_path)
-
-        with progress.step(f"{name}: FP16 ONNX: mixed precision, parity, headroom, TensorRT readiness"):
-            entry["fp16"], entry["tensorrt_readiness"]["fp16"] = export_fp16_with_ladder(
-                name, model, fp32_model, fp32_path, fp16_path, feeds, resolution
-            )
-        files.append(fp16_path)
-
-        with progress.step(f"{name}: TensorRT profile against the Triton config"):
-            profiles = spec.tensorrt_profiles(spec.NETWORKS[name], resolution, max_batch)
-            dims, config_max_batch = triton_config_dims(name, resolution, max_batch)
-            readiness.check_profile_against_triton(profiles, dims, config_max_batch)
-            entry["tensorrt_readiness"]["triton_profile_check"] = {
-                "passed": True,
-                "triton_dims": dims,
-                "triton_max_batch_size": config_max_batch,
-            }
-
-        if build_engines:
-            with progress.step(f"{name}: TensorRT engine"):
-                entry["tensorrt"]["engine"] = tensorrt.build_engine(
-                    fp16_path, out_dir / plan_file(name), name, profiles, out_dir / tensorrt.TIMING_CACHE_FILE
-                )
-            entry["files"]["plan"] = plan_file(name)
-            files.append(out_dir / plan_file(name))
+        entry = report_networks[name] = export_network(name, model, out_dir, feeds, resolution, max_batch, build_engines, progress)
+        files += [out_dir / entry["files"][kind] for kind in ("fp32", "fp16", "plan") if entry["files"][kind]]
         timings[name] = round(time.perf_counter() - network_started, 2)
 
     report = {
@@ -182,6 +224,7 @@ def export_all(
         },
         "tensorrt": {
             "engines_requested": engines,
+            "engines_built": build_engines,
             "available": tensorrt_missing is None if engines else tensorrt.is_available(),
             "reason_unavailable": tensorrt_missing if engines else tensorrt.unavailable_reason(),
             "how_to_build": tensorrt.CONTAINER_HINT,
@@ -199,7 +242,7 @@ def export_all(
 def missing_tensorrt_message(report: dict, out_dir: Path) -> str:
     """The error for ``--engines`` without TensorRT: why, and the trtexec lines that do the same."""
     lines = [
-        f"cannot build TensorRT engines here: {report['tensorrt']['reason_unavailable']}.",
+        f"no TensorRT engine was built: {report['tensorrt']['reason_unavailable']}.",
         f"The ONNX models and {REPORT_FILE} are in {out_dir}. These trtexec commands build the same engines "
         "(strongly typed, same shapes, same timing cache):",
         *(f"  {entry['tensorrt']['trtexec']}" for entry in report["networks"].values()),

@@ -4,12 +4,21 @@ TensorRT is imported lazily (``import_tensorrt``); machines without it (every CP
 get the exact ``trtexec`` and ``polygraphy`` command lines, which build and check the same engines
 inside NVIDIA's TensorRT or Triton containers.
 
+Engines are built and run through Polygraphy's TensorRT loaders (``polygraphy.backend.trt``):
+``NetworkFromOnnxPath(..., strongly_typed=True)``, ``CreateConfig`` with the profile from
+``compositor.spec.tensorrt_profiles`` and the shared timing cache, ``EngineFromNetwork``,
+``SaveEngine``; ``engine_runner`` is a ``TrtRunner``, so checking an engine is the export's parity
+comparison (``compositor.export.parity``) with one more runner, and ``TensorRTForward`` times the
+same runner in the GPU benchmark. Our own code here: the checks that the network's and the engine's
+I/O and profile are the spec's (Polygraphy builds whatever the ONNX says), writing the plan
+atomically, and the command lines.
+
 Why strongly typed: the FP16 ONNX already says which layer runs in which precision (FP16 compute,
 normalisation statistics in FP32, FP32 I/O). A strongly typed network follows those types exactly,
 so the engine's numerics are the ones the parity checks measured; with the FP16 builder flag the
 builder would be free to pick per layer. TensorRT 10 has both; TensorRT 11 removed the FP16 builder
-flag (strong typing is the way to ask for FP16), so this module sets no precision flag at all and
-works with both.
+flag (strong typing is the way to ask for FP16), so no precision flag is set, and TF32 is off
+(Polygraphy's default; ``--noTF32`` in the trtexec line): the layers kept in FP32 compute in FP32.
 """
 
 from __future__ import annotations
@@ -20,10 +29,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from compositor.errors import CompositorError
 from compositor import spec
+from compositor.errors import CompositorError
 from compositor.export.layout import TIMING_CACHE_FILE
-from compositor.files import write_bytes
+from compositor.export.metrics import error_bounds
+from compositor.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +112,14 @@ def trtexec_command(
 ) -> str:
     """The ``trtexec`` line that builds the same engine as ``build_engine``.
 
-    Strongly typed (no precision flags), the same min/opt/max shapes, the same timing cache.
+    Strongly typed (no precision flags, TF32 off), the same min/opt/max shapes, the same timing cache.
     """
     arguments = [
         "trtexec",
         f"--onnx={onnx_file}",
         f"--saveEngine={plan_file}",
         "--stronglyTyped",
+        "--noTF32",
         f"--minShapes={_shapes(profiles, 'min')}",
         f"--optShapes={_shapes(profiles, 'opt')}",
         f"--maxShapes={_shapes(profiles, 'max')}",
@@ -122,20 +133,16 @@ def _polygraphy_shapes(profiles: Mapping[str, spec.Profile], which: str) -> list
 
 
 def polygraphy_tolerances(tolerances: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """Polygraphy comparison arguments equivalent to the FP16 parity tolerances.
+    """``polygraphy run`` comparison arguments for the FP16 parity tolerances.
 
-    A ``max_abs_error`` bound becomes ``--check-error-stat out:max --atol out:<bound>``; a PSNR
-    bound of P dB (for [0, 1] images: RMSE <= 10^(-P/20)) becomes a bound on the mean absolute
-    error, which never exceeds the RMSE: ``--check-error-stat out:mean --atol out:10^(-P/20)``.
+    The same bounds the export's own Polygraphy comparison uses (``metrics.error_bounds``): a
+    ``max_abs_error`` bound becomes ``--check-error-stat out:max --atol out:<bound>``; a PSNR bound
+    of P dB becomes ``--check-error-stat out:mean --atol out:10^(-P/20)`` (the PSNR itself is not a
+    ``polygraphy run`` option with a [0, 1] peak).
     """
-    stats, atols = [], []
-    for output, limits in tolerances.items():
-        if "max_abs_error" in limits:
-            stats.append(f"{output}:max")
-            atols.append(f"{output}:{limits['max_abs_error']:g}")
-        elif "psnr_db" in limits:
-            stats.append(f"{output}:mean")
-            atols.append(f"{output}:{10 ** (-limits['psnr_db'] / 20):g}")
+    bounds = error_bounds({output: dict(limits) for output, limits in tolerances.items()})
+    stats = [f"{output}:{stat}" for output, (stat, _) in bounds.items()]
+    atols = [f"{output}:{bound:g}" for output, (_, bound) in bounds.items()]
     return ["--check-error-stat", *stats, "--atol", *atols, "--rtol", "0"]
 
 
@@ -189,7 +196,17 @@ def polygraphy_engine_commands(
     return [shlex.join(reference), shlex.join(engine)]
 
 
-# --- Building -------------------------------------------------------------------------------------
+# --- Building and running (Polygraphy's TensorRT backend) ----------------------------------------
+
+
+def polygraphy_profile(profiles: Mapping[str, spec.Profile]):
+    """The spec's profile as a ``polygraphy.backend.trt.Profile``."""
+    from polygraphy.backend.trt import Profile
+
+    profile = Profile()
+    for name, shapes in profiles.items():
+        profile.add(name, min=shapes.min, opt=shapes.opt, max=shapes.max)
+    return profile
 
 
 def build_engine(
@@ -219,50 +236,84 @@ def build_engine(
             I/O differs from the spec.
     """
     trt = import_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, SaveEngine
+    from polygraphy.exception import PolygraphyException
+
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     model_spec = spec.NETWORKS[name]
     log.info("engine %s -> %s (TensorRT %s, strongly typed)", onnx_path.name, plan_path, trt.__version__)
     started = time.perf_counter()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    # Explicit batch is the only mode in TensorRT 10 and 11: the flag is deprecated (10) or gone
-    # (11), so only the strongly typed flag is set.
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"{name}: TensorRT could not parse {onnx_path}: " + "; ".join(errors))
-    _check_network_io(trt, network, model_spec)
-
-    config = builder.create_builder_config()
-    if workspace_bytes is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    profile = builder.create_optimization_profile()
-    for input_name, shapes in profiles.items():
-        profile.set_shape(input_name, shapes.min, shapes.opt, shapes.max)
-    config.add_optimization_profile(profile)
-    timing_cache_path = Path(timing_cache_path) if timing_cache_path else None
-    cached = timing_cache_path.read_bytes() if timing_cache_path and timing_cache_path.is_file() else b""
-    timing_cache = config.create_timing_cache(cached)
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError(f"{name}: TensorRT failed to build an engine from {onnx_path} (see its log above)")
-    engine_bytes = bytes(serialized)
-    _check_engine(trt, logger, engine_bytes, model_spec, profiles)
-    write_bytes(plan_path, engine_bytes)
-    if timing_cache_path:
-        write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+    timing_cache = Path(timing_cache_path) if timing_cache_path else None
+    try:
+        builder, network, parser = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)()
+        _check_network_io(trt, network, model_spec)
+        config = CreateConfig(
+            profiles=[polygraphy_profile(profiles)],
+            load_timing_cache=str(timing_cache) if timing_cache and timing_cache.is_file() else None,
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_bytes} if workspace_bytes else None,
+        )
+        engine = EngineFromNetwork(
+            (builder, network, parser), config=config, save_timing_cache=str(timing_cache) if timing_cache else None
+        )()
+    except PolygraphyException as error:  # Polygraphy raises this with the parser's or builder's errors
+        raise EngineBuildError(f"{name}: TensorRT could not build an engine from {onnx_path}: {error}") from error
+    _check_engine(engine, model_spec, profiles)
+    with atomic_path(plan_path) as staging:
+        SaveEngine(engine, str(staging))()
     seconds = time.perf_counter() - started
-    log.info("engine %s: %.1f MB in %.1f s", plan_path.name, len(engine_bytes) / 1e6, seconds)
+    size = plan_path.stat().st_size
+    log.info("engine %s: %.1f MB in %.1f s", plan_path.name, size / 1e6, seconds)
     return {
         "path": plan_path.name,
         "tensorrt_version": str(trt.__version__),
         "strongly_typed": True,
         "build_seconds": round(seconds, 2),
-        "size_bytes": len(engine_bytes),
+        "size_bytes": size,
+        "device_memory_bytes": device_memory_bytes(engine),
     }
+
+
+def engine_runner(plan_path: str | Path, runner_name: str = "TensorRT engine"):
+    """A Polygraphy ``TrtRunner`` on a ``.plan`` (TensorRT imported lazily, as by Polygraphy)."""
+    import_tensorrt()
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return TrtRunner(EngineFromBytes(BytesFromPath(str(plan_path))), name=runner_name)
+
+
+def device_memory_bytes(engine) -> int | None:
+    """Activation memory an engine's execution context allocates (outside PyTorch's allocator)."""
+    for attribute in ("device_memory_size_v2", "device_memory_size"):
+        if hasattr(engine, attribute):
+            return int(getattr(engine, attribute))
+    return None
+
+
+class TensorRTForward:
+    """A network as the GPU benchmark calls it: PyTorch CUDA tensors in, one FP32 CUDA tensor out.
+
+    A thin wrapper over an activated ``engine_runner``: PyTorch tensors go in without copies and
+    the output stays on the GPU. The runner synchronises its stream before returning, so a chain of
+    these needs no further synchronisation between networks.
+    """
+
+    def __init__(self, plan_path: str | Path, name: str):
+        self.model_spec = spec.NETWORKS[name]
+        self.runner = engine_runner(plan_path, f"TensorRT {name}")
+        self.runner.activate()
+
+    def device_memory_bytes(self) -> int | None:
+        return device_memory_bytes(self.runner.engine)
+
+    def __call__(self, *inputs):
+        feeds = {tensor.name: value.contiguous() for tensor, value in zip(self.model_spec.inputs, inputs)}
+        outputs = self.runner.infer(feeds, check_inputs=False, copy_outputs_to_host=False)
+        return outputs[self.model_spec.outputs[0].name]
+
+    def close(self) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
 
 
 def _check_network_io(trt, network, model_spec: spec.ModelSpec) -> None:
@@ -276,11 +327,8 @@ def _check_network_io(trt, network, model_spec: spec.ModelSpec) -> None:
             raise EngineBuildError(f"{model_spec.name}: {tensor.name} is {tensor.dtype}, the contract says FP32 I/O")
 
 
-def _check_engine(trt, logger, engine_bytes: bytes, model_spec: spec.ModelSpec, profiles: Mapping[str, spec.Profile]) -> None:
-    """Deserialize the engine and check its I/O names and profile against the spec."""
-    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
-    if engine is None:
-        raise EngineBuildError(f"{model_spec.name}: the built engine does not deserialize")
+def _check_engine(engine, model_spec: spec.ModelSpec, profiles: Mapping[str, spec.Profile]) -> None:
+    """Check a built engine's I/O names and profile against the spec."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     expected = model_spec.input_names() + model_spec.output_names()
     if sorted(names) != sorted(expected):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from compositor.spec import NETWORKS
+from compositor.spec import CHAIN, CHAIN_INPUTS, NETWORKS
 
 
 def example_inputs(name: str, resolution: tuple[int, int], batch: int = 1) -> list[torch.Tensor]:
@@ -16,6 +16,17 @@ def example_inputs(name: str, resolution: tuple[int, int], batch: int = 1) -> li
         torch.rand((batch, *tensor.resolved_shape(resolution)), generator=generator)
         for tensor in NETWORKS[name].inputs
     ]
+
+
+def example_chain_inputs(resolution: tuple[int, int], batch: int = 1) -> list[torch.Tensor]:
+    """Random [0, 1] chain inputs (``spec.CHAIN_INPUTS``, in order), each shaped as the network input that reads it."""
+    shapes = {}
+    for step in CHAIN:
+        for input_name, chain_name in step.inputs:
+            tensor = next(t for t in NETWORKS[step.network].inputs if t.name == input_name)
+            shapes.setdefault(chain_name, tensor.resolved_shape(resolution))
+    generator = torch.Generator().manual_seed(0)
+    return [torch.rand((batch, *shapes[name]), generator=generator) for name in CHAIN_INPUTS]
 
 
 def count_parameters(model: nn.Module) -> int:
