@@ -32,8 +32,6 @@ import numpy as np
 from scipy import ndimage
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
-from skimage import color
-from skimage.transform import downscale_local_mean
 
 # The box for ``skimage.data.astronaut()`` (512x512): Eileen Collins from just above her hair down
 # to the frame's bottom, both sleeves included. The space shuttle model on the right stays outside,
@@ -97,6 +95,10 @@ def box_matte(
         ValueError: if the image is not uint8 ``[H, W, 3]``, the box is not four integers inside
             the image with a positive size, or ``feather_px`` is negative.
     """
+    # scikit-image takes a second to import; only the matte itself needs it.
+    from skimage import color
+    from skimage.transform import downscale_local_mean
+
     image = _check_image(image)
     height, width = image.shape[:2]
     left, top, right, bottom = _check_box(box, width, height)

@@ -28,6 +28,10 @@ class ImageError(CompositorError, ValueError):
     """An input image is unusable; the message names the input and the problem."""
 
 
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """An input image file does not exist (or is a folder)."""
+
+
 # --- Validation ---------------------------------------------------------------------------------
 
 
@@ -50,7 +54,7 @@ def check_frames(frames: np.ndarray, name: str, channels: int = 3) -> np.ndarray
         raise ImageError(f"{name}: image is empty (shape {list(frames.shape)})")
     height, width = frames.shape[1:3]
     if max(height, width) > MAX_IMAGE_SIDE:
-        raise ImageError(f"{name}: {height}x{width} exceeds the {MAX_IMAGE_SIDE}-pixel side limit")
+        raise ImageError(f"{name}: {width}x{height} (width x height) exceeds the {MAX_IMAGE_SIDE}-pixel side limit")
     return frames
 
 
@@ -64,8 +68,8 @@ def check_inputs(source: np.ndarray, background: np.ndarray, alpha: np.ndarray |
         check_frames(alpha, "alpha", channels=1)
         if alpha.shape[:3] != source.shape[:3]:
             raise ImageError(
-                f"alpha: size {alpha.shape[1]}x{alpha.shape[2]} (batch {alpha.shape[0]}) does not match "
-                f"source {source.shape[1]}x{source.shape[2]} (batch {source.shape[0]})"
+                f"alpha: size {alpha.shape[2]}x{alpha.shape[1]} (batch {alpha.shape[0]}) does not match "
+                f"source {source.shape[2]}x{source.shape[1]} (batch {source.shape[0]}); sizes are width x height"
             )
 
 
@@ -79,17 +83,19 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     guessing (dropping transparency, inventing colour) would hide a mistake in the caller's data.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageNotFoundError(f"{path}: is a folder, not an image file; give the path of one image")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise ImageNotFoundError(f"{path}: no such file")
     try:
         with Image.open(path) as image:
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ImageError(f"{path}: not a readable image ({error})") from None
     if image.width == 0 or image.height == 0:
-        raise ImageError(f"{path}: image is empty ({image.width}x{image.height})")
+        raise ImageError(f"{path}: image is empty ({image.width}x{image.height}, width x height)")
     if max(image.width, image.height) > MAX_IMAGE_SIDE:
-        raise ImageError(f"{path}: {image.height}x{image.width} exceeds the {MAX_IMAGE_SIDE}-pixel side limit")
+        raise ImageError(f"{path}: {image.width}x{image.height} (width x height) exceeds the {MAX_IMAGE_SIDE}-pixel side limit")
     if mode == "RGB":
         if image.mode in ("RGB", "P", "YCbCr", "CMYK") and "transparency" not in image.info:
             return np.asarray(image.convert("RGB"))

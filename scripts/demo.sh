@@ -94,9 +94,10 @@ echo "== composite over gRPC"
 compositor composite --url "127.0.0.1:$grpc_port" --source "$work/inputs/astronaut.png" \
   --background "$work/inputs/rocket.png" "${alpha_args[@]}" --out "$work/output"
 
-echo "== ensemble latency, concurrency 1 (warm server)"
+echo "== ensemble latency through the gRPC client, concurrency 1 (warm server; full table: $work/latency.json)"
+# The benchmark's table header and the one row it measured.
 compositor bench --modes triton --url "127.0.0.1:$grpc_port" --resolution "$resolution" --no-networks \
-  --concurrency 1 --quick --json "$work/latency.json" | grep -E '^\| triton'
+  --concurrency 1 --quick --json "$work/latency.json" | grep -E '^\| (mode|triton) \||^\|---'
 
 kill -INT $server; wait $server || true
 trap - EXIT

@@ -3,6 +3,10 @@
 Each subcommand module has a docstring (its ``--help`` text, with a runnable example) and a
 ``register(subparsers)`` function that adds its parser and sets ``handler``. ``main`` only parses
 and dispatches; the work lives in library functions.
+
+Subcommand modules stay light at import time (PyTorch, ONNX, Triton's client and the plotting
+libraries are imported inside the handlers), so ``compositor --help`` can list every command and
+``compositor COMMAND --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -14,20 +18,38 @@ import sys
 
 from compositor.errors import CompositorError
 
-# Subcommand modules, in the order ``compositor --help`` lists them.
-COMMANDS = ("composite", "info", "export", "repository", "serve", "bench", "train", "evaluate")
+# Command name -> module in this package, in the order ``compositor --help`` lists them.
+COMMANDS = {
+    "composite": "composite",
+    "info": "info",
+    "export": "export",
+    "repository": "repository",
+    "serve": "serve",
+    "bench": "bench",
+    "bench-gpu": "bench_gpu",
+    "train": "train",
+    "evaluate": "evaluate",
+}
 
 
 class CommandError(CompositorError):
     """A user-facing failure: printed as ``error: ...`` with exit code 2, no traceback."""
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; with ``only``, just that subcommand's module is imported.
+def version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    from importlib import metadata
 
-    Subcommand modules import PyTorch, ONNX or Triton's client; importing only the one asked for
-    keeps ``compositor serve`` and ``compositor repository`` quick to start.
-    """
+    try:
+        return metadata.version("compositor")
+    except metadata.PackageNotFoundError:
+        import compositor
+
+        return getattr(compositor, "__version__", "unknown")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only`` (a command name), just that subcommand's module is imported."""
     parser = argparse.ArgumentParser(
         prog="compositor",
         description="Realistic portrait compositing: matting -> blending -> harmonization, "
@@ -35,14 +57,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog="Run 'compositor COMMAND --help' for each command's options and an example.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name, module_name in COMMANDS.items():
         if only is not None and name != only:
             continue
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{module_name}")
         except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
+            if error.name != f"{__name__}.{module_name}":
                 raise
             continue  # subcommand not built yet
         module.register(subparsers)
@@ -50,10 +73,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def subcommand_parser(subparsers, module_name: str, module_doc: str) -> argparse.ArgumentParser:
-    """Add a subparser whose help is the module docstring (first line = summary)."""
+    """Add a subparser whose help is the module docstring (first line = summary).
+
+    The command's name is the module's with ``_`` written ``-`` (``bench_gpu`` -> ``bench-gpu``).
+    """
     summary = module_doc.strip().splitlines()[0]
     return subparsers.add_parser(
-        module_name.rsplit(".", 1)[-1],
+        module_name.rsplit(".", 1)[-1].replace("_", "-"),
         help=summary,
         description=module_doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,7 +87,11 @@ def subcommand_parser(subparsers, module_name: str, module_doc: str) -> argparse
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``compositor`` console script. Returns the process exit code."""
+    """Entry point of the ``compositor`` console script. Returns the process exit code.
+
+    The project's own errors (``CompositorError``: bad input, a missing file, a server that cannot
+    be reached) print as ``error: ...`` and exit 2; anything else is a bug and keeps its traceback.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     parser = build_parser(only=chosen if chosen in COMMANDS else None)
@@ -73,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError) as error:
+    except CompositorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

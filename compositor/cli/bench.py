@@ -14,34 +14,47 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
 from pathlib import Path
 
-from compositor.bench.load import LoadSettings
-from compositor.bench.report import markdown, plot, readme_section, update_readme
-from compositor.bench.run import MODES, BenchSettings, run_benchmark
-from compositor.cli import subcommand_parser
-from compositor.cli.options import add_network_options, networks_from_args
+from compositor.cli import CommandError, subcommand_parser
+from compositor.cli.options import add_network_options, check_output_file, networks_from_args, positive_float, positive_int
 from compositor.files import write_json
 
 QUICK = {"concurrency": (1, 2), "window_s": 3.0, "min_requests": 5, "max_windows": 3}
+# compositor.bench.run.MODES, written out so that --help does not import the benchmark (PyTorch,
+# ONNX Runtime, matplotlib); a test keeps the two equal.
+MODES = ("eager", "onnxruntime", "triton")
+README_MARKERS = ("<!-- performance:start", "<!-- performance:end -->")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
-    values = tuple(int(v) for v in text.split(","))
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
     if not values or min(values) < 1:
-        raise ValueError(f"expected positive integers separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
     return values
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(MODES)}")
+    return modes
 
 
 def register(subparsers) -> None:
     parser = subcommand_parser(subparsers, __name__, __doc__)
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)} (default all)")
+    parser.add_argument("--modes", type=_modes, default=MODES, help=f"comma-separated subset of {','.join(MODES)} (default all)")
     parser.add_argument("--concurrency", type=_int_list, help="full-chain concurrency levels (default 1,2,4,8; --quick 1,2)")
-    parser.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
-    parser.add_argument("--duration-s", type=float, help="minimum seconds per measurement window (default 10; --quick 3)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="images per request (default 1)")
+    parser.add_argument("--duration-s", type=positive_float, help="minimum seconds per measurement window (default 10; --quick 3)")
     parser.add_argument("--quick", action="store_true", help="short windows, concurrency 1,2: under 5 minutes on 2 cores")
     parser.add_argument("--no-networks", action="store_true", help="full chain only, not each network alone")
     parser.add_argument("--onnx", type=Path, help="exported FP32 ONNX folder (default: export into a temporary folder)")
@@ -55,14 +68,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    _check_outputs(args)
+    # Imported here: the benchmark needs PyTorch, ONNX Runtime and matplotlib; --help needs none.
+    from compositor.bench.load import LoadSettings
+    from compositor.bench.report import markdown, plot, readme_section, update_readme
+    from compositor.bench.run import BenchSettings, run_benchmark
+
     load = LoadSettings(
         window_s=args.duration_s or (QUICK["window_s"] if args.quick else 10.0),
         min_requests=QUICK["min_requests"] if args.quick else 10,
         max_windows=QUICK["max_windows"] if args.quick else 4,
     )
     settings = BenchSettings(
-        modes=modes,
+        modes=args.modes,
         resolution=args.resolution,
         concurrency=args.concurrency or (QUICK["concurrency"] if args.quick else (1, 2, 4, 8)),
         batch=args.batch,
@@ -90,3 +108,19 @@ def run(args) -> int:
         print(f"updated the performance section of {args.readme}")
     print(markdown(report))
     return 0
+
+
+def _check_outputs(args) -> None:
+    """Every output path is writable, --onnx a folder and --readme has the markers, before minutes of measuring."""
+    if args.onnx is not None and not args.onnx.is_dir():
+        raise CommandError(f"--onnx {args.onnx}: not a folder (make one with 'compositor export --out {args.onnx}')")
+    for option in ("json", "markdown", "plot"):
+        if getattr(args, option) is not None:
+            check_output_file(getattr(args, option), f"--{option}")
+    if args.readme is not None:
+        if not args.readme.is_file():
+            raise CommandError(f"--readme {args.readme}: no such file")
+        text = args.readme.read_text()
+        start, end = (text.find(marker) for marker in README_MARKERS)
+        if start < 0 or end < start:
+            raise CommandError(f"--readme {args.readme}: no performance markers ({README_MARKERS[0]} ... {README_MARKERS[1]})")

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
-from compositor.cli.options import positive_int
+from compositor.cli.options import check_output_file, positive_int
 
 
 def register(subparsers) -> None:
@@ -77,6 +77,18 @@ def format_tables(results: dict) -> str:
 
 
 def run(args) -> int:
+    if args.size % 32:
+        raise CommandError(f"--size must be a multiple of 32, got {args.size}")
+    if args.data is not None and not args.data.is_dir():
+        raise CommandError(f"--data {args.data}: not a folder")
+    for name in ("blending_checkpoint", "harmonization_checkpoint", "partial_checkpoint"):
+        if not getattr(args, name).is_file():
+            raise CommandError(f"--{name.replace('_', '-')} {getattr(args, name)}: no such file (train it with 'compositor train')")
+    for option in ("json", "figure"):
+        if getattr(args, option) is not None:
+            check_output_file(getattr(args, option), f"--{option}")
+
+    # Imported here: PyTorch takes seconds to import, and --help needs none of it.
     import torch
 
     from compositor.files import atomic_path
@@ -85,24 +97,15 @@ def run(args) -> int:
     from compositor.networks.harmonization import HarmonizationUNet
     from compositor.networks.weights import load_network
     from compositor.training import evaluation
-    from compositor.training.readers import DataError
     from compositor.training.synthesis import fixed_batches
 
-    if args.size % 32:
-        raise CommandError(f"--size must be a multiple of 32, got {args.size}")
-    for name in ("blending_checkpoint", "harmonization_checkpoint", "partial_checkpoint"):
-        if not getattr(args, name).is_file():
-            raise CommandError(f"--{name.replace('_', '-')} {getattr(args, name)}: no such file (train it with 'compositor train')")
     harmonizers = evaluation.Harmonizers(
         complete=load_network(args.harmonization_checkpoint, expected=HarmonizationUNet),
         partial=load_network(args.partial_checkpoint, expected=HarmonizationUNet),
         paper=load_network(args.paper_checkpoint, expected=HarmonizationUNet) if args.paper_checkpoint.is_file() else None,
     )
     blending = load_network(args.blending_checkpoint, expected=BlendingUNet)
-    try:
-        synthesizer, description = evaluation.held_out_synthesizer(args.synthetic, args.data, args.size)
-    except DataError as error:
-        raise CommandError(str(error)) from None
+    synthesizer, description = evaluation.held_out_synthesizer(args.synthetic, args.data, args.size)
     batches = fixed_batches(synthesizer, args.samples, batch_size=8)
     torch.set_grad_enabled(False)
     results = evaluation.evaluate(blending, harmonizers, batches, args.clips)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from compositor.cli import subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
-from compositor.networks.contract import contract_models
-from compositor.networks.complexity import complexity_table
 from compositor.spec import format_resolution
 
 
@@ -21,6 +19,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    # Imported here: PyTorch takes seconds to import, and --help needs none of it.
+    from compositor.networks.complexity import complexity_table
+    from compositor.networks.contract import contract_models
+
     models = contract_models(networks_from_args(args))
     rows = complexity_table(models, args.resolution)
     print(f"network resolution {format_resolution(args.resolution)}, per image")

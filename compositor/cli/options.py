@@ -1,8 +1,10 @@
-"""Command-line options shared by several subcommands (weights and network resolution)."""
+"""Command-line options shared by several subcommands (weights, network resolution, outputs)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compositor.spec import DEFAULT_RESOLUTION, format_resolution, parse_resolution
@@ -24,6 +26,14 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -71,3 +81,40 @@ def networks_from_args(args: argparse.Namespace) -> Networks:
         args.harmonization_checkpoint,
         trained_defaults=not getattr(args, "untrained", False),
     )
+
+
+# --- Outputs, checked before any work ------------------------------------------------------------
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """Raise ``CommandError`` unless ``path`` is a folder that exists or can be created, writable.
+
+    Nothing is created here: a command checks its outputs first, then does its work, then writes.
+    """
+    from compositor.cli import CommandError
+
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{option} {path}: exists and is not a folder; give a folder name (it is created if missing)")
+    _check_creatable(path, option)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Raise ``CommandError`` unless ``path`` can be written as a file (its folder exists or can be created)."""
+    from compositor.cli import CommandError
+
+    if path.is_dir():
+        raise CommandError(f"{option} {path}: is a folder; give a file name")
+    _check_creatable(path.parent, option, file=path)
+
+
+def _check_creatable(folder: Path, option: str, file: Path | None = None) -> None:
+    from compositor.cli import CommandError
+
+    shown = file if file is not None else folder
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{option} {shown}: {existing} is a file, so no folder can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{option} {shown}: {existing} is not writable")

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
-from compositor.cli.options import non_negative_int, positive_int
+from compositor.cli.options import check_output_dir, check_output_file, non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -65,11 +65,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from compositor.training.readers import DataError
-    from compositor.training.trainer import TrainConfig, Trainer
-
     if args.task == "blending" and (args.background_cue != "complete" or not args.image_transfer or args.adversarial_weight):
         raise CommandError("--background-cue, --no-image-transfer and --adversarial-weight apply to harmonization only")
     if args.task == "harmonization" and not args.refine_alpha:
@@ -78,8 +73,15 @@ def run(args) -> int:
         raise CommandError(f"--size must be a multiple of 32, got {args.size}")
     if args.data is not None and not args.data.is_dir():
         raise CommandError(f"--data {args.data}: not a folder")
-    if args.out.exists() and not args.resume and args.out.is_dir():
-        raise CommandError(f"--out {args.out} is a folder; give a file name such as weights/blending.safetensors")
+    check_output_file(args.out, "--out")
+    if args.run_dir is not None:
+        check_output_dir(args.run_dir, "--run-dir")
+
+    # Imported here: PyTorch takes seconds to import, and --help needs none of it.
+    import torch
+
+    from compositor.training.trainer import TrainConfig, Trainer
+
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -91,10 +93,7 @@ def run(args) -> int:
         validation_samples=args.validation_samples, checkpoint_every=args.checkpoint_every, run_dir=args.run_dir,
         device=args.device, seed=args.seed, resume=args.resume,
     )
-    try:
-        summary = Trainer(config).run(progress=not args.no_progress)
-    except DataError as error:
-        raise CommandError(str(error)) from None
+    summary = Trainer(config).run(progress=not args.no_progress)
     print(f"{args.out}: best step {summary['best_step']} of {summary['steps_trained']}, "
           f"{summary['training_time_s'] / 60:.1f} min, validation {json.dumps(summary['validation'])}")
     return 0

@@ -6,34 +6,48 @@ Example:
     ...     outputs["harmonized"].shape                         # same layout as ``source``
 
 Failures raise ``ClientError`` subclasses whose message names the server, the model and the
-problem: the server is unreachable, the model is not loaded or not ready, the request timed out,
-or the server rejected the request (its message, e.g. from ``preprocess`` validation, is kept).
+problem: nothing answers at the address (``ServerUnreachableError``, only for connection failures,
+with a hint: start the server, or the port belongs to the other protocol), the model is not loaded
+or not ready, the request timed out, or the server rejected the request (its message, e.g. from
+``preprocess`` validation, is kept). The underlying exception stays attached as ``__cause__``.
+
+Importing this module costs no PyTorch, ONNX Runtime or Triton client: ``tritonclient`` loads when
+a client is made.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
+import socket
 
 import numpy as np
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from compositor.errors import CompositorError
 from compositor import imaging
+from compositor.errors import CompositorError
 from compositor.spec import ENSEMBLES
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("grpc", "http")
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+"""Triton's default ports; a URL without a port gets its protocol's."""
+NAMES = {"grpc": "gRPC", "http": "HTTP"}
 DEFAULT_TIMEOUT_S = 60.0
 """Per request. Generous: a first request on CPU at 512x512 includes ONNX Runtime's warm-up."""
+START_HINT = "is the server running? start it with `compositor serve --repository model_repository`"
 
 
 class ClientError(CompositorError, RuntimeError):
     """A request could not be served; the message says where and why."""
 
 
+class InvalidURLError(ClientError, ValueError):
+    """The server address is not ``host:port`` (``grpc://`` or ``http://`` in front only when it names the protocol)."""
+
+
 class ServerUnreachableError(ClientError):
-    """Nothing answers at the URL (wrong address, server not started, network)."""
+    """Nothing answers at the URL (wrong address, server not started, network), or it speaks another protocol."""
 
 
 class ModelNotReadyError(ClientError):
@@ -44,11 +58,55 @@ class RequestTimeoutError(ClientError):
     """No response within ``timeout_s``."""
 
 
+def normalize_url(url: str, protocol: str) -> str:
+    """``host:port`` for ``protocol``: strips a scheme that names the protocol, adds the default port.
+
+    Raises:
+        InvalidURLError: a scheme of the other protocol (or https), a path, or an empty host.
+    """
+    text = url.strip()
+    scheme, separator, rest = text.partition("://")
+    if separator:
+        scheme = scheme.lower()
+        if scheme in ("https", "grpcs"):
+            raise InvalidURLError(f"{url}: TLS ({scheme}://) is not supported; give host:port of a plain gRPC or HTTP endpoint")
+        if scheme not in PROTOCOLS:
+            raise InvalidURLError(f"{url}: unknown scheme {scheme}://; give host:port (e.g. 127.0.0.1:{DEFAULT_PORTS[protocol]})")
+        if scheme != protocol:
+            raise InvalidURLError(
+                f"{url}: {scheme}:// is for --protocol {scheme} (Triton's {NAMES[scheme]} port, default "
+                f"{DEFAULT_PORTS[scheme]}); for {NAMES[protocol]} give host:port without a scheme, e.g. "
+                f"127.0.0.1:{DEFAULT_PORTS[protocol]}"
+            )
+        text = rest
+    if text.endswith("/"):
+        text = text[:-1]
+    if "/" in text:
+        raise InvalidURLError(f"{url}: give host:port only, without a path (e.g. 127.0.0.1:{DEFAULT_PORTS[protocol]})")
+    host, port = _split_host_port(text)
+    if not host:
+        raise InvalidURLError(f"{url}: no host; give host:port (e.g. 127.0.0.1:{DEFAULT_PORTS[protocol]})")
+    if port is None:
+        port = DEFAULT_PORTS[protocol]
+    elif not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidURLError(f"{url}: port {port!r} is not a number from 1 to 65535")
+    return f"{host}:{port}"
+
+
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text.partition("]")
+        return host + "]", rest[1:] if rest.startswith(":") else None
+    host, separator, port = text.rpartition(":")
+    return (host, port) if separator else (text, None)
+
+
 class CompositorClient:
     """Sends frames to a compositing ensemble on a Triton server.
 
     Args:
-        url: ``host:port`` of the server's gRPC (default 8001) or HTTP (default 8000) endpoint.
+        url: ``host:port`` of the server's gRPC (default 8001) or HTTP (default 8000) endpoint;
+            ``grpc://`` or ``http://`` in front is accepted when it names ``protocol``.
         protocol: ``grpc`` or ``http``.
         model: ensemble for requests without a matte (``composite``).
         model_with_alpha: ensemble for requests that bring their own matte.
@@ -70,7 +128,7 @@ class CompositorClient:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.url = url
+        self.url = normalize_url(url, protocol)
         self.protocol = protocol
         self.model = model
         self.model_with_alpha = model_with_alpha
@@ -80,11 +138,11 @@ class CompositorClient:
         if protocol == "grpc":
             import tritonclient.grpc as triton
 
-            self._client = triton.InferenceServerClient(url)
+            self._client = triton.InferenceServerClient(self.url)
         else:
             import tritonclient.http as triton
 
-            self._client = triton.InferenceServerClient(url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s)
+            self._client = triton.InferenceServerClient(self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s)
         self._triton = triton
 
     def __repr__(self) -> str:
@@ -105,35 +163,38 @@ class CompositorClient:
         """Raise unless the server is live and ``model`` (default: ``self.model``) is ready.
 
         Raises:
-            ServerUnreachableError, ModelNotReadyError.
+            ServerUnreachableError, ModelNotReadyError, RequestTimeoutError, ClientError.
         """
         model = model or self.model
         where = f"{self.protocol}://{self.url}"
         try:
-            live = self._client.is_server_live()
-        except Exception as error:  # noqa: BLE001 - connection errors differ per protocol and library
-            raise ServerUnreachableError(f"Triton server at {where} is unreachable: {_reason(error)}") from None
+            live = self._call(self._client.is_server_live)
+        except Exception as error:  # noqa: BLE001 - mapped by _failure; anything unknown is re-raised
+            raise self._failure(error, f"Triton server at {where}") or error
         if not live:
-            raise ServerUnreachableError(f"Triton server at {where} answers but is not live")
+            raise ClientError(f"Triton server at {where} answers but is not live (still starting, shutting down, or not Triton)")
         try:
-            ready = self._client.is_model_ready(model)
-        except InferenceServerException as error:
-            raise ModelNotReadyError(f"model {model!r} on {where}: {_reason(error)}") from None
+            ready = self._call(self._client.is_model_ready, model)
+        except Exception as error:  # noqa: BLE001 - as above
+            raise self._failure(error, f"model {model!r} on {where}") or error
         if not ready:
+            states = self._model_states()
+            listing = ", ".join(f"{name} {state}" for name, state in states.items()) if states is not None else "unknown"
+            problem = "is not on" if states is not None and model not in states else "is not ready on"
             raise ModelNotReadyError(
-                f"model {model!r} is not ready on {where} (models there: {self._model_states()}); "
+                f"model {model!r} {problem} {where} (models there: {listing or 'none'}); "
                 "is the server running the compositor repository?"
             )
         self._ready.add(model)
 
-    def _model_states(self) -> str:
+    def _model_states(self) -> dict[str, str] | None:
+        """The server's models and their states, or None when it does not say."""
         try:
             index = self._client.get_model_repository_index()
         except Exception:  # noqa: BLE001 - only used to enrich another error
-            return "unknown"
+            return None
         entries = index.models if hasattr(index, "models") else index
-        states = [f"{_field(e, 'name')} {_field(e, 'state') or 'UNAVAILABLE'}" for e in entries]
-        return ", ".join(states) or "none"
+        return {_field(e, "name"): _field(e, "state") or "UNAVAILABLE" for e in entries}
 
     # --- inference -------------------------------------------------------------------------------
 
@@ -172,6 +233,8 @@ class CompositorClient:
         Raises:
             ClientError: see the module docstring.
         """
+        from tritonclient.utils import np_to_triton_dtype
+
         if model not in self._ready:
             self.check_ready(model)
         request_inputs = []
@@ -183,29 +246,88 @@ class CompositorClient:
         requested = [self._triton.InferRequestedOutput(name) for name in output_names]
         where = f"{model!r} on {self.protocol}://{self.url}"
         try:
-            if self.protocol == "grpc":
-                result = self._client.infer(model, request_inputs, outputs=requested, client_timeout=self.timeout_s)
-            else:
-                result = self._client.infer(model, request_inputs, outputs=requested)
-        except InferenceServerException as error:
-            # gRPC reports transport failures as statuses; HTTP raises them as other exceptions.
-            status = str(error.status() or "")
-            if status == "StatusCode.DEADLINE_EXCEEDED":
-                raise RequestTimeoutError(f"{where}: no response within {self.timeout_s:g} s") from None
-            if status == "StatusCode.UNAVAILABLE":
-                self._ready.discard(model)
-                raise ServerUnreachableError(f"{where}: server unreachable: {_reason(error)}") from None
-            raise ClientError(f"{where} rejected the request: {_reason(error)}") from None
-        except Exception as error:  # noqa: BLE001 - HTTP transport errors (gevent timeouts, sockets)
-            self._ready.discard(model)
-            if "timeout" in type(error).__name__.lower() or "timed out" in str(error).lower():
-                raise RequestTimeoutError(f"{where}: no response within {self.timeout_s:g} s") from None
-            raise ServerUnreachableError(f"{where}: {type(error).__name__}: {error}") from None
+            result = self._call(self._client.infer, model, request_inputs, outputs=requested)
+        except Exception as error:  # noqa: BLE001 - mapped by _failure; anything unknown is re-raised
+            failure = self._failure(error, where, request=True)
+            if isinstance(failure, (ServerUnreachableError, RequestTimeoutError)):
+                self._ready.discard(model)  # check again before the next request
+            raise failure or error
         outputs = {name: result.as_numpy(name) for name in output_names}
         missing = [name for name, value in outputs.items() if value is None]
         if missing:
             raise ClientError(f"{where} returned no {', '.join(missing)}")
         return outputs
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def _call(self, method, *args, **kwargs):
+        """Call a tritonclient method with the request timeout (gRPC takes it per call)."""
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
+        return method(*args, **kwargs)
+
+    def _failure(self, error: BaseException, where: str, request: bool = False) -> ClientError | None:
+        """The ``ClientError`` for a tritonclient failure (its cause set), or None when it is not one we know.
+
+        Only a failure to connect is "unreachable"; a server's error response is "rejected", an
+        expired deadline a timeout. Which is which differs per protocol: gRPC reports everything
+        as a status, HTTP raises socket errors for the transport and a status for responses.
+        """
+        from tritonclient.utils import InferenceServerException
+
+        if isinstance(error, InferenceServerException):
+            status = str(error.status() or "")
+            if status == "StatusCode.DEADLINE_EXCEEDED":
+                failure = RequestTimeoutError(f"{where}: no response within {self.timeout_s:g} s")
+            # UNAVAILABLE is a transport failure, unless the server itself answered with it.
+            elif status == "StatusCode.UNAVAILABLE" and not self._port_speaks_grpc():
+                failure = self._transport_failure(where, error)
+            else:
+                action = "rejected the request" if request else "answered with an error"
+                failure = ClientError(f"{where} {action}: {_reason(error)}")
+        elif isinstance(error, TimeoutError):  # HTTP: the socket's timeout
+            failure = RequestTimeoutError(f"{where}: no response within {self.timeout_s:g} s")
+        elif isinstance(error, (OSError, http.client.HTTPException)):  # refused, reset, DNS; not HTTP/1.1 at all
+            failure = self._transport_failure(where, error)
+        else:
+            return None
+        failure.__cause__ = error
+        return failure
+
+    def _transport_failure(self, where: str, error: BaseException) -> ServerUnreachableError:
+        """The error for a failed connection, with what to do, after a look at the port: closed, or
+        open but speaking the other protocol (Triton's HTTP port answers HTTP/1.1, its gRPC port does not)."""
+        reason = _reason(error)
+        host, port = self.url.rsplit(":", 1)
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(self.timeout_s, 2.0)) as sock:
+                sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n")
+                speaks_http1 = sock.recv(16).startswith(b"HTTP/1.")
+        except ConnectionRefusedError:
+            return ServerUnreachableError(f"{where} is unreachable: connection refused at {self.url}: {START_HINT}")
+        except OSError as probe_error:  # a silent or closing peer: no answer to go by
+            speaks_http1 = None
+            reason = f"{reason}; {_reason(probe_error)}"
+        if self.protocol == "grpc" and speaks_http1:
+            return ServerUnreachableError(
+                f"{where} does not speak gRPC: {self.url} answers HTTP/1.1, so it may be Triton's HTTP port; use the "
+                f"gRPC port (default {DEFAULT_PORTS['grpc']}), or --protocol http for this one"
+            )
+        if self.protocol == "http" and speaks_http1 is False:
+            return ServerUnreachableError(
+                f"{where} does not answer HTTP/1.1 ({reason}): it may be Triton's gRPC port; use the HTTP port "
+                f"(default {DEFAULT_PORTS['http']}), or --protocol grpc for this one"
+            )
+        return ServerUnreachableError(f"{where} is unreachable: {reason} (check the host and port)")
+
+    def _port_speaks_grpc(self) -> bool:
+        """Whether a gRPC health call succeeds now: an UNAVAILABLE status then came from the server."""
+        if self.protocol != "grpc":
+            return False
+        try:
+            return bool(self._client.is_server_live(client_timeout=min(self.timeout_s, 2.0)))
+        except Exception:  # noqa: BLE001 - any failure means the transport is down
+            return False
 
 
 def _batched(frames, name: str) -> np.ndarray:
@@ -214,7 +336,9 @@ def _batched(frames, name: str) -> np.ndarray:
     return frames[None] if frames.ndim == 3 else frames
 
 
-def _reason(error: Exception) -> str:
+def _reason(error: BaseException) -> str:
+    from tritonclient.utils import InferenceServerException
+
     if isinstance(error, InferenceServerException):
         text = error.message() or str(error)
         status = error.status()

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from compositor.networks.blending import BlendingUNet
-from compositor.networks.defaults import default_weights, modnet_checkpoint_from_environment
+from compositor.networks.defaults import MODNET_CHECKPOINT_VARIABLE, default_weights, modnet_checkpoint_from_environment
 from compositor.networks.harmonization import HarmonizationUNet
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
-from compositor.networks.weights import load_network
+from compositor.networks.weights import WeightsError, load_network
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,25 @@ def load_networks(
     Returns:
         ``Networks`` in eval mode; ``untrained`` names those initialised from the seed, and a
         warning saying so goes to stderr (through logging).
+
+    Raises:
+        WeightsNotFoundError: a checkpoint that does not exist.
+        WeightsError: a checkpoint that is not the network's.
     """
+    from_environment = trained_defaults and modnet_checkpoint is None and modnet_checkpoint_from_environment() is not None
     if trained_defaults:
         modnet_checkpoint = modnet_checkpoint or modnet_checkpoint_from_environment()
         blending_checkpoint = blending_checkpoint or _existing(default_weights("blending"))
         harmonization_checkpoint = harmonization_checkpoint or _existing(default_weights("harmonization"))
     untrained, sources = [], {}
     if modnet_checkpoint is not None:
-        matting = load_modnet_checkpoint(modnet_checkpoint)
+        try:
+            matting = load_modnet_checkpoint(modnet_checkpoint)
+        except WeightsError as error:
+            if not from_environment:
+                raise
+            # Say where the path came from: the user may have forgotten the variable is set.
+            raise type(error)(f"{error} (from ${MODNET_CHECKPOINT_VARIABLE}; unset it or fix the path)") from error
     else:
         matting, _ = _seeded(MODNet, seed), untrained.append("matting")
     if blending_checkpoint is not None:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from compositor.networks.modnet import MODNet
+from compositor.networks.weights import WeightsError, WeightsNotFoundError
 
 __all__ = ["load_modnet_checkpoint", "modnet_state_dict_from_checkpoint", "save_modnet_checkpoint"]
 
@@ -51,26 +52,29 @@ def modnet_state_dict_from_checkpoint(path: str | PathLike[str]) -> dict[str, Te
         MODNet here; :func:`load_modnet_checkpoint` does that.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a PyTorch checkpoint holding a state dict of tensors.
+        WeightsNotFoundError: if ``path`` does not exist (a ``FileNotFoundError``).
+        WeightsError: if the file is not a PyTorch checkpoint holding a state dict of tensors (a
+            ``ValueError``).
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsNotFoundError(f"MODNet checkpoint {path} is a folder; give the .ckpt file")
     if not path.is_file():
-        raise FileNotFoundError(f"MODNet checkpoint not found: {path}")
+        raise WeightsNotFoundError(f"MODNet checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise WeightsError(
             f"{path} is not a PyTorch checkpoint that can be loaded safely: {error}"
         ) from error
 
     if isinstance(payload, Mapping) and isinstance(payload.get("state_dict"), Mapping):
         payload = payload["state_dict"]
     if not isinstance(payload, Mapping) or not payload:
-        raise ValueError(f"{path} does not hold a state dict (found {type(payload).__name__})")
+        raise WeightsError(f"{path} does not hold a state dict (found {type(payload).__name__})")
     not_tensors = [key for key, value in payload.items() if not isinstance(value, Tensor)]
     if not_tensors:
-        raise ValueError(
+        raise WeightsError(
             f"{path} is not a plain state dict: entries that are not tensors: {_some(not_tensors)}"
         )
     return {key.removeprefix(DATAPARALLEL_PREFIX): value for key, value in payload.items()}
@@ -86,8 +90,8 @@ def load_modnet_checkpoint(path: str | PathLike[str]) -> MODNet:
         The model in eval mode; move it to a device yourself.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a MODNet checkpoint: missing or unexpected keys, shapes
+        WeightsNotFoundError: if ``path`` does not exist.
+        WeightsError: if the file is not a MODNet checkpoint: missing or unexpected keys, shapes
             that differ, or two different copies of the shared encoder.
     """
     state_dict = modnet_state_dict_from_checkpoint(path)
@@ -133,11 +137,11 @@ def save_modnet_checkpoint(model: MODNet, path: str | PathLike[str]) -> Path:
 def _check_matches_modnet(
     state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor], path: Path
 ) -> None:
-    """Raise ValueError, naming the first offending keys, if ``state_dict`` is not MODNet's."""
+    """Raise ``WeightsError``, naming the first offending keys, if ``state_dict`` is not MODNet's."""
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     if missing or unexpected:
-        raise ValueError(
+        raise WeightsError(
             f"{path} is not a MODNet checkpoint: {len(missing)} missing keys {_some(missing)}, "
             f"{len(unexpected)} unexpected keys {_some(unexpected)}"
         )
@@ -147,7 +151,7 @@ def _check_matches_modnet(
         if state_dict[key].shape != tensor.shape
     ]
     if wrong_shape:
-        raise ValueError(
+        raise WeightsError(
             f"{path} is not a MODNet checkpoint with default hyperparameters: {_some(wrong_shape)}"
         )
     # Both copies load into the same parameters, so the later one would silently win; a file
@@ -160,7 +164,7 @@ def _check_matches_modnet(
         and not torch.equal(state_dict[key], state_dict[alias_prefix + key[len(shared_prefix):]])
     ]
     if differing:
-        raise ValueError(
+        raise WeightsError(
             f"{path} holds two different copies of the shared encoder "
             f"('{shared_prefix}*' and '{alias_prefix}*'): {_some(differing)}"
         )

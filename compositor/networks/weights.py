@@ -4,6 +4,9 @@ safetensors holds tensors only, so loading never unpickles code from a file we d
 The header's metadata carries the architecture name, its hyperparameters and how the weights were
 made, so a weights file is self-describing (MODNet keeps the official checkpoint format instead:
 see ``modnet_checkpoint``).
+
+safetensors and the networks (PyTorch) are imported by the functions that use them, so importing
+this module, for its error types, costs nothing.
 """
 
 from __future__ import annotations
@@ -11,19 +14,41 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import nn
-
+from compositor.errors import CompositorError
 from compositor.files import atomic_path
-from compositor.networks.blending import BlendingUNet
-from compositor.networks.harmonization import HarmonizationUNet
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (BlendingUNet, HarmonizationUNet)}
 FORMAT = "compositor-weights/1"
+
+
+class WeightsError(CompositorError, ValueError):
+    """A weights or checkpoint file is unusable: not the expected format, architecture or shapes."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """A weights or checkpoint file does not exist."""
+
+
+def architectures() -> dict[str, type[nn.Module]]:
+    """The networks a weights file can hold, by class name."""
+    from compositor.networks.blending import BlendingUNet
+    from compositor.networks.harmonization import HarmonizationUNet
+
+    return {cls.__name__: cls for cls in (BlendingUNet, HarmonizationUNet)}
+
+
+def check_file(path: Path, what: str) -> None:
+    """Raise ``WeightsNotFoundError`` unless ``path`` is a file; ``what`` names it in the message."""
+    if path.is_dir():
+        raise WeightsNotFoundError(f"{what} {path} is a folder; give the file")
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{what} {path} does not exist")
 
 
 def save_network(model: nn.Module, path: str | Path, provenance: dict | None = None, half: bool = False) -> Path:
@@ -36,9 +61,11 @@ def save_network(model: nn.Module, path: str | Path, provenance: dict | None = N
         half: store floating-point tensors as float16 (half the file; loading casts them back to the
             network's float32, so what runs is exactly what the file holds).
     """
+    from safetensors.torch import save_file
+
     architecture = type(model).__name__
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"cannot save {architecture}: known architectures are {sorted(ARCHITECTURES)}")
+    if architecture not in architectures():
+        raise ValueError(f"cannot save {architecture}: known architectures are {sorted(architectures())}")
     path = Path(path)
     metadata = {
         "format": FORMAT,
@@ -57,19 +84,28 @@ def save_network(model: nn.Module, path: str | Path, provenance: dict | None = N
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The metadata of a weights file, with ``hyperparameters`` and ``provenance`` decoded."""
+    """The metadata of a weights file, with ``hyperparameters`` and ``provenance`` decoded.
+
+    Raises:
+        WeightsNotFoundError: no such file.
+        WeightsError: not a safetensors file written by ``save_network``.
+    """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+    check_file(path, "weights file")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{path} is not a safetensors weights file ({error})") from None
+        raise WeightsError(f"{path} is not a safetensors weights file ({error})") from error
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a compositor weights file (metadata format {metadata.get('format')!r})")
-    metadata["hyperparameters"] = json.loads(metadata["hyperparameters"])
-    metadata["provenance"] = json.loads(metadata.get("provenance", "{}"))
+        raise WeightsError(f"{path} is not a compositor weights file (metadata format {metadata.get('format')!r})")
+    try:
+        metadata["hyperparameters"] = json.loads(metadata["hyperparameters"])
+        metadata["provenance"] = json.loads(metadata.get("provenance", "{}"))
+    except (KeyError, ValueError) as error:
+        raise WeightsError(f"{path}: damaged metadata ({type(error).__name__}: {error})") from error
     return metadata
 
 
@@ -88,18 +124,31 @@ def load_network(path: str | Path, expected: type[nn.Module] | None = None) -> n
 
     Args:
         path: a file written by ``save_network``.
-        expected: if given, the architecture the caller needs; another one is a ValueError.
+        expected: if given, the architecture the caller needs; another one is a ``WeightsError``.
+
+    Raises:
+        WeightsNotFoundError: no such file.
+        WeightsError: not a weights file, another architecture, or tensors that do not fit it.
     """
+    from safetensors import safe_open
+
     metadata = read_metadata(path)
-    architecture = metadata["architecture"]
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"{path}: unknown architecture {architecture!r}")
-    cls = ARCHITECTURES[architecture]
+    architecture = metadata.get("architecture")
+    known = architectures()
+    if architecture not in known:
+        raise WeightsError(f"{path}: unknown architecture {architecture!r} (known: {', '.join(sorted(known))})")
+    cls = known[architecture]
     if expected is not None and cls is not expected:
-        raise ValueError(f"{path} holds a {architecture}, but a {expected.__name__} is needed here")
-    model = cls(**metadata["hyperparameters"])
+        raise WeightsError(f"{path} holds a {architecture}, but a {expected.__name__} is needed here")
+    try:
+        model = cls(**metadata["hyperparameters"])
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"{path}: its hyperparameters do not build a {architecture} ({error})") from error
     with safe_open(str(path), framework="pt") as handle:
         state = {key: handle.get_tensor(key) for key in handle.keys()}
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+        raise WeightsError(f"{path}: its tensors do not fit a {architecture}: {error}") from error
     log.info("loaded %s from %s (%s)", architecture, path, describe_provenance(metadata["provenance"]))
     return model.eval()

@@ -12,12 +12,19 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from compositor.errors import CompositorError
 from compositor.files import atomic_path
 
 FORMAT = "compositor-training-checkpoint/1"
+
+
+class CheckpointError(CompositorError, ValueError):
+    """A training checkpoint is unusable: not one, damaged, or made for another run."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No training checkpoint where one was asked for (``--resume``)."""
 
 
 def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -54,23 +61,34 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
         optimizer_tensors, optimizer_meta[name] = _optimizer_tensors(name, optimizer)
         tensors.update(optimizer_tensors)
     metadata = {"format": FORMAT, "info": json.dumps(info), "optimizers": json.dumps(optimizer_meta)}
+    from safetensors.torch import save_file
+
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
 
 
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict:
-    """Restore what ``save_checkpoint`` wrote into ``modules`` and ``optimizers``; returns ``info``."""
+    """Restore what ``save_checkpoint`` wrote into ``modules`` and ``optimizers``; returns ``info``.
+
+    Raises:
+        CheckpointError: not a training checkpoint, or one whose tensors do not fit ``modules``.
+    """
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a safetensors training checkpoint ({error})") from None
+        raise CheckpointError(f"{path} is not a safetensors training checkpoint ({error})") from error
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a compositor training checkpoint (format {metadata.get('format')!r})")
+        raise CheckpointError(f"{path} is not a compositor training checkpoint (format {metadata.get('format')!r})")
     for name, module in modules.items():
         prefix = name + "."
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        try:
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+            raise CheckpointError(f"{path}: its {name} tensors do not fit this run's network: {error}") from error
     optimizer_meta = json.loads(metadata["optimizers"])
     for name, optimizer in optimizers.items():
         _restore_optimizer(name, optimizer, tensors, optimizer_meta[name])

@@ -56,7 +56,7 @@ def build_data(synthetic: bool, data: Path | None, size: int, seed: int, task: s
     if layout == "matting":
         return _matting_split(data, size, seed)
     if task != "harmonization":
-        raise ValueError(f"{data} is an iHarmony4 folder: it has no mattes for blending; train blending on photos or a matting set")
+        raise readers.DataError(f"{data} is an iHarmony4 folder: it has no mattes for blending; train blending on photos or a matting set")
     return DataSplit(
         TripletBatches(readers.read_iharmony4(data, "train"), size, seed),
         TripletBatches(readers.read_iharmony4(data, "test"), size, seed + 1),
@@ -91,7 +91,7 @@ def _photo_split(train, validation, size, seed, description) -> DataSplit:
     log.info("photos: %d train groups, %d validation groups", len(train), len(validation))
     if len(validation) < 2:
         # Synthesis draws the original background from a second group of the same split.
-        raise ValueError(f"validation split has {len(validation)} photo group(s); at least 10 groups in all are needed")
+        raise readers.DataError(f"{description['data']}: the validation split has {len(validation)} photo group(s); at least 10 groups in all are needed")
     return DataSplit(
         photo_synthesizer(train, size, seed, flips=True),
         photo_synthesizer(validation, size, seed + 1, flips=False),
@@ -115,7 +115,7 @@ class TripletBatches:
 
     def __init__(self, triplets: list[readers.HarmonyTriplet], size: int, seed: int):
         if not triplets:
-            raise ValueError("no iHarmony4 triplets listed")
+            raise readers.DataError("no iHarmony4 triplets listed (check the folder's *_train.txt / *_test.txt lists)")
         self.triplets, self.size = triplets, size
         self.order = np.random.default_rng(seed).permutation(len(triplets))
         self.position = 0

@@ -63,7 +63,7 @@ def held_out_synthesizer(synthetic: bool, data: Path | None, size: int, seed: in
     if layout == "matting":
         pairs = readers.read_matting_set(data)
         return matting_synthesizer(pairs, size, seed, flips=False), {"data": f"matting set in {data}", "images": len(pairs)}
-    raise ValueError(f"{data} is an iHarmony4 folder: evaluation needs complete backgrounds, which iHarmony4 lacks")
+    raise readers.DataError(f"{data} is an iHarmony4 folder: evaluation needs complete backgrounds, which iHarmony4 lacks")
 
 
 def _mean(values: list[torch.Tensor]) -> float:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from compositor.networks.colour import reinhard_transfer
 from compositor.networks.layers import dilate, erode, linear_composite
+from compositor.training.readers import DataError
 
 CROP_SCALE = (0.5, 1.0)
 """Side of a square crop, as a fraction of the photo's short side."""
@@ -183,7 +184,7 @@ class CompositeSynthesizer:
         flips: bool = True,
     ):
         if len(groups) < 2:
-            raise ValueError(f"synthesis needs at least 2 photo groups (foreground and another background), got {len(groups)}")
+            raise DataError(f"synthesis needs at least 2 photo groups (foreground and another background), got {len(groups)}")
         if size % 32:
             raise ValueError(f"training size must be a multiple of 32, got {size}")
         self.groups, self.mattes, self.size, self.flips = groups, mattes, size, flips

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from compositor.errors import CompositorError
 from compositor.networks.blending import BlendingUNet
 from compositor.networks.harmonization import HarmonizationUNet
 from compositor.networks.weights import save_network
-from compositor.training.checkpoint import load_checkpoint, save_checkpoint
+from compositor.training.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint, save_checkpoint
 from compositor.training.data import DataSplit, build_data
 from compositor.training.discriminator import DomainDiscriminator
 from compositor.training.losses import blending_loss, lsgan_loss, psnr
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 TASKS = ("blending", "harmonization")
 PAPER_LEARNING_RATES = {"blending": 1e-4, "harmonization": 2e-4}
+
+
+class TrainConfigError(CompositorError, ValueError):
+    """A training option that cannot work (on this machine, or with the other options)."""
 
 
 @dataclass
@@ -74,11 +79,11 @@ class TrainConfig:
         if self.learning_rate is None:
             self.learning_rate = PAPER_LEARNING_RATES[self.task]
         if self.adversarial_weight < 0:
-            raise ValueError(f"adversarial weight must be >= 0, got {self.adversarial_weight}")
+            raise TrainConfigError(f"adversarial weight must be >= 0, got {self.adversarial_weight}")
         if self.crop is not None and (self.crop % 32 or self.crop > self.size):
-            raise ValueError(f"crop must be a multiple of 32 no larger than the size {self.size}, got {self.crop}")
+            raise TrainConfigError(f"--crop must be a multiple of 32 no larger than the size {self.size}, got {self.crop}")
         if self.task == "blending" and self.adversarial_weight:
-            raise ValueError("the adversarial loss belongs to harmonization; blending trains on L1 + band L1")
+            raise TrainConfigError("the adversarial loss belongs to harmonization; blending trains on L1 + band L1")
 
     def as_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
@@ -153,7 +158,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: DataSplit | None = None):
         self.config = config
         if config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available to PyTorch on this machine")
+            raise TrainConfigError(f"--device {config.device}: no CUDA device is available to PyTorch on this machine")
         self.data = data or build_data(config.synthetic, config.data, config.size, config.seed, config.task)
         self.network = build_network(config).to(config.device).train()
         self.optimizer = torch.optim.Adam(parameter_groups(self.network, config), betas=(0.9, 0.999))
@@ -193,12 +198,12 @@ class Trainer:
 
     def resume(self) -> None:
         if not self.checkpoint_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path}")
+            raise CheckpointNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path} (start without --resume, or give the run's --run-dir)")
         info = load_checkpoint(self.checkpoint_path, self.modules, self.optimizers)
         saved = {k: v for k, v in info["config"].items() if k in ("task", "size", "background_cue", "image_transfer", "refine_alpha", "base_channels")}
         current = {k: v for k, v in self.config.as_json().items() if k in saved}
         if saved != current:
-            raise ValueError(f"--resume: the checkpoint was made with {saved}, this run asks for {current}")
+            raise CheckpointError(f"--resume: the checkpoint was made with {saved}, this run asks for {current}")
         self.step, self.elapsed_s, self.best = info["step"], info["elapsed_s"], info["best"]
         self._restore_generators(info["generators"])
         log.info("resumed %s at step %d (%.1f min trained)", self.checkpoint_path, self.step, self.elapsed_s / 60)
