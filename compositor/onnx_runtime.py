@@ -7,7 +7,14 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from compositor.errors import CompositorError
+
 log = logging.getLogger(__name__)
+
+
+
+class ModelFileNotFoundError(CompositorError, FileNotFoundError):
+    """An ONNX model file is missing: ``compositor export`` has not written it (yet)."""
 
 
 def create_session(
@@ -25,11 +32,11 @@ def create_session(
         quiet: log errors only (FP16 graphs make ONNX Runtime list every CPU fallback).
 
     Raises:
-        FileNotFoundError: the file is missing (with a hint to run ``compositor export``).
+        ModelFileNotFoundError: the file is missing (with a hint to run ``compositor export``).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX model (run `compositor export --out {path.parent}` first)")
+        raise ModelFileNotFoundError(f"{path}: no such ONNX model (run `compositor export --out {path.parent}` first)")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads

@@ -75,10 +75,3 @@ def test_composite_url_against_a_closed_port_fails_clearly_without_importing_tor
     assert "is the server running? start it with `compositor serve --repository model_repository`" in result["stderr"]
     assert modules.isdisjoint({"torch", "onnxruntime", "onnx"}), modules & set(HEAVY)
     assert not (tmp_path / "out").exists()
-
-
-def test_the_bench_commands_list_of_modes_is_the_benchmarks():
-    from compositor.bench.run import MODES
-    from compositor.cli import bench
-
-    assert bench.MODES == MODES

@@ -89,7 +89,7 @@ def test_cover_box_stays_inside_the_image_despite_rounding():
         (np.zeros((1, 0, 10, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), None, "source: image is empty"),
         (np.zeros((1, 10, 10, 3), np.float32), np.zeros((1, 5, 5, 3), np.uint8), None, "source: expected uint8 pixels"),
         (np.zeros((1, 10, 10, 3), np.uint8), np.zeros((1, 5, 5, 4), np.uint8), None, "background: expected 3 channel"),
-        (np.zeros((1, 10, 10, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), np.zeros((1, 10, 12, 1), np.uint8), "alpha: size 10x12 .* does not match source 10x10"),
+        (np.zeros((1, 10, 10, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), np.zeros((1, 10, 12, 1), np.uint8), "alpha: size 12x10 .* does not match source 10x10"),
         (np.zeros((1, 9000, 10, 3), np.uint8), np.zeros((1, 5, 5, 3), np.uint8), None, "exceeds the 8192-pixel side limit"),
     ],
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from compositor.bench import triton_target
+from compositor.bench import MODES, triton_target
 from compositor.bench.load import LoadSettings, measure
 from compositor.bench.machine import machine_header
 from compositor.bench.report import ratios
@@ -29,7 +29,6 @@ from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, format_resolution
 
 log = logging.getLogger(__name__)
 
-MODES = ("eager", "onnxruntime", "triton")
 
 
 @dataclass

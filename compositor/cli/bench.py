@@ -20,14 +20,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from compositor.bench import MODES
 from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import add_network_options, check_output_file, networks_from_args, positive_float, positive_int
 from compositor.files import write_json
 
 QUICK = {"concurrency": (1, 2), "window_s": 3.0, "min_requests": 5, "max_windows": 3}
-# compositor.bench.run.MODES, written out so that --help does not import the benchmark (PyTorch,
-# ONNX Runtime, matplotlib); a test keeps the two equal.
-MODES = ("eager", "onnxruntime", "triton")
 README_MARKERS = ("<!-- performance:start", "<!-- performance:end -->")
 
 

@@ -282,6 +282,8 @@ class CompositorClient:
             # UNAVAILABLE is a transport failure, unless the server itself answered with it.
             elif status == "StatusCode.UNAVAILABLE" and not self._port_speaks_grpc():
                 failure = self._transport_failure(where, error)
+            elif status in ("StatusCode.INTERNAL", "500"):  # a bug on the server's side, not this request's fault
+                failure = ClientError(f"{where} failed on the server's side (its log has the traceback): {_reason(error)}")
             else:
                 action = "rejected the request" if request else "answered with an error"
                 failure = ClientError(f"{where} {action}: {_reason(error)}")

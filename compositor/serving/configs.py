@@ -48,6 +48,10 @@ from compositor.spec import (
 )
 
 
+class RepositoryOptionsError(CompositorError, ValueError):
+    """Repository options that cannot work together or an ONNX file that does not fit them."""
+
+
 @dataclass(frozen=True)
 class RepositoryOptions:
     """What varies between generated repositories.
@@ -72,17 +76,17 @@ class RepositoryOptions:
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
-            raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, not {self.flavor!r}")
+            raise RepositoryOptionsError(f"flavor must be one of {', '.join(FLAVORS)}, not {self.flavor!r}")
         object.__setattr__(self, "resolution", parse_resolution(self.resolution))
         for name in ("max_batch", "instances"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise RepositoryOptionsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+            raise RepositoryOptionsError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.intra_op_threads < 0:
-            raise ValueError(f"intra_op_threads must be >= 0 (0: ONNX Runtime decides), got {self.intra_op_threads}")
+            raise RepositoryOptionsError(f"intra_op_threads must be >= 0 (0: ONNX Runtime decides), got {self.intra_op_threads}")
         if self.trt_accelerator and self.flavor != "onnxruntime":
-            raise ValueError(
+            raise RepositoryOptionsError(
                 f"the TensorRT accelerator is an option of the onnxruntime flavour, not {self.flavor!r} "
                 "(the tensorrt flavour runs TensorRT engines directly)"
             )

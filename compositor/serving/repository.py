@@ -27,7 +27,7 @@ from pathlib import Path
 from compositor.errors import CompositorError
 from compositor.files import atomic_path, write_text
 from compositor.export.layout import REPORT_FILE, ExportReportError, fp32_file, plan_file, read_report
-from compositor.serving.configs import RepositoryOptions, repository_configs, to_pbtxt
+from compositor.serving.configs import RepositoryOptions, RepositoryOptionsError, repository_configs, to_pbtxt
 from compositor.serving.conventions import MODEL_FILE, VERSION
 from compositor.serving.stages import POSTPROCESS, PREPROCESS
 from compositor.spec import NETWORKS, ModelSpec, format_resolution, parse_resolution
@@ -157,7 +157,7 @@ def check_onnx_contract(path: Path, model: ModelSpec, resolution: tuple[int, int
     """Check an exported ONNX file against the spec: tensor names and the network resolution.
 
     Raises:
-        ValueError: wrong input/output names, or inputs exported at another resolution.
+        RepositoryOptionsError: wrong input/output names, or inputs exported at another resolution.
     """
     import onnx  # only needed when ONNX files are copied
 
@@ -167,14 +167,14 @@ def check_onnx_contract(path: Path, model: ModelSpec, resolution: tuple[int, int
               for i in graph.input if i.name not in initializers}
     outputs = [o.name for o in graph.output]
     if sorted(inputs) != sorted(model.input_names()) or sorted(outputs) != sorted(model.output_names()):
-        raise ValueError(
+        raise RepositoryOptionsError(
             f"{path}: inputs {sorted(inputs)} and outputs {sorted(outputs)} differ from the spec's "
             f"{model.input_names()} -> {model.output_names()}; re-export with 'compositor export'"
         )
     for tensor in model.inputs:
         expected = list(tensor.resolved_shape(resolution))
         if inputs[tensor.name][1:] != expected:
-            raise ValueError(
+            raise RepositoryOptionsError(
                 f"{path}: input {tensor.name!r} has shape {inputs[tensor.name][1:]} (without batch), the "
                 f"repository's resolution {format_resolution(resolution)} needs {expected}; generate the "
                 "repository at the export's resolution or re-export at this one"
