@@ -1,9 +1,24 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files.
+
+Servers: ``small_export`` exports the perturbed networks (``nontrivial_networks``) at 64x64 once
+per session; ``small_repository`` is a ``python``-flavour repository generated from it;
+``triton_servers`` starts real Triton servers on free ports (``start(repository)``), stopping them
+all at the end of the session (a test module may stop its own earlier, or stop one mid-test and
+start another on the same ports).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 from compositor.networks.factory import load_networks
+
+SMALL_RESOLUTION = (64, 64)
+"""Network resolution of the servers tests start: fast on a 2-core CPU."""
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +34,73 @@ def nontrivial_networks():
         for net in (networks.blending, networks.harmonization):
             net.residual_head.weight.normal_(0.0, 0.2, generator=generator)
     return networks
+
+
+@dataclass(frozen=True)
+class SmallExport:
+    """An export directory (``compositor export`` layout, report included) and what made it."""
+
+    directory: Path
+    networks: object
+    resolution: tuple[int, int]
+
+
+@pytest.fixture(scope="session")
+def small_export(nontrivial_networks, tmp_path_factory) -> SmallExport:
+    """``nontrivial_networks`` exported with ``export_all`` at 64x64, once per session."""
+    from compositor.export.pipeline import export_all
+
+    directory = tmp_path_factory.mktemp("small_export")
+    export_all(directory, nontrivial_networks, resolution=SMALL_RESOLUTION)
+    return SmallExport(directory, nontrivial_networks, SMALL_RESOLUTION)
+
+
+class ServerFactory:
+    """Starts real Triton servers on free ports from repositories generated from ``small_export``."""
+
+    def __init__(self, export: SmallExport, tmp_path_factory) -> None:
+        self.export = export
+        self._tmp = tmp_path_factory
+        self.started: list = []
+
+    def repository(self, **options) -> Path:
+        """A new repository generated from the export; ``options`` are ``RepositoryOptions`` fields."""
+        from compositor.serving.configs import RepositoryOptions
+        from compositor.serving.repository import generate_repository
+
+        out = self._tmp.mktemp("repository")
+        generate_repository(out, RepositoryOptions(resolution=self.export.resolution, **options), export_dir=self.export.directory)
+        return out
+
+    def start(self, repository: Path, grpc_port: int | None = None, http_port: int | None = None,
+              metrics_port: int | None = None):
+        """A started ``TritonServer`` (free ports unless given), stopped at the end of the session."""
+        from compositor.serving.server import TritonServer, free_port
+
+        server = TritonServer(
+            repository,
+            grpc_port=grpc_port or free_port(),
+            http_port=http_port or free_port(),
+            metrics_port=metrics_port or free_port(),
+            log_path=self._tmp.mktemp("log") / "tritonserver.log",
+        )
+        self.started.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def small_repository(triton_servers) -> Path:
+    """A ``python``-flavour repository at 64x64 from ``small_export`` (default options)."""
+    return triton_servers.repository()
+
+
+@pytest.fixture(scope="session")
+def triton_servers(small_export, tmp_path_factory):
+    """A ``ServerFactory``; every server it started is stopped at the end of the session."""
+    factory = ServerFactory(small_export, tmp_path_factory)
+    yield factory
+    factory.stop_all()

@@ -1,16 +1,21 @@
 """The Triton client library and ``compositor composite --url`` without a server: errors first.
 
-Requests against a running server are in tests/test_triton_ensembles.py.
+Requests against a running server are in tests/test_triton_ensembles.py (the ensembles),
+tests/test_deployment.py (what the client reads from a server) and tests/test_client_pool.py
+(many requests, several servers).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 
 from compositor import imaging
 from compositor.cli import main
-from compositor.client.remote import CompositorClient, ServerUnreachableError
+from compositor.client.pool import CompositorPool, parse_urls
+from compositor.client.remote import CompositorClient, InvalidURLError, ServerUnreachableError
 from compositor.serving.server import free_port
 
 SOURCE = np.zeros((32, 48, 3), np.uint8)
@@ -30,6 +35,51 @@ def test_an_unknown_protocol_or_timeout_is_refused():
         CompositorClient("localhost:8001", protocol="grpcs")
     with pytest.raises(ValueError, match="timeout_s must be > 0"):
         CompositorClient("localhost:8001", timeout_s=0)
+    with pytest.raises(ValueError, match="retries and backoff_s must be >= 0, got -1 and 0.2"):
+        CompositorClient("localhost:8001", retries=-1)
+    with pytest.raises(ValueError, match="max_in_flight must be >= 1, got 0"):
+        CompositorPool("localhost:8001", max_in_flight=0)
+
+
+def test_a_url_list_follows_the_single_url_rules():
+    assert parse_urls("h1:9001, grpc://h2 ,[::1]:7", "grpc") == ["h1:9001", "h2:8001", "[::1]:7"]
+    with pytest.raises(InvalidURLError, match="http:// is for --protocol http"):
+        parse_urls("h1:8001,http://h2:8000", "grpc")
+    with pytest.raises(InvalidURLError, match="h1:8001 is listed more than once"):
+        parse_urls("h1,h1:8001", "grpc")
+    with pytest.raises(InvalidURLError, match="several separated by commas"):
+        parse_urls("h1:8001,", "grpc")
+
+
+def test_no_server_up_at_start_is_an_error_naming_every_url_within_the_timeout():
+    urls = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    started = time.monotonic()
+    with pytest.raises(ServerUnreachableError) as caught:
+        CompositorPool(",".join(urls), timeout_s=2)
+    assert time.monotonic() - started < 6
+    for url in urls:
+        assert f"grpc://{url}: Triton server at grpc://{url} is unreachable: connection refused" in str(caught.value)
+
+
+def test_a_server_that_accepts_but_never_answers_is_down_for_a_pool_within_a_bound():
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        urls = [f"127.0.0.1:{silent.getsockname()[1]}", f"127.0.0.1:{free_port()}"]
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError) as caught:
+            CompositorPool(",".join(urls), timeout_s=1)
+        assert time.monotonic() - started < 3
+    assert f"grpc://{urls[0]}: Triton server at grpc://{urls[0]}: no response within 1 s" in str(caught.value)
+    assert f"grpc://{urls[1]}: Triton server at grpc://{urls[1]} is unreachable" in str(caught.value)
+
+
+def test_a_pool_with_one_server_down_reports_it_as_the_single_client_does():
+    url = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ServerUnreachableError, match=rf"^Triton server at grpc://{url} is unreachable: connection refused"):
+        CompositorPool(url, timeout_s=2)
 
 
 @pytest.mark.parametrize(

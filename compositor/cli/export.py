@@ -4,9 +4,12 @@ Writes to --out: matting.onnx, blending.onnx, harmonization.onnx (FP32, opset 17
 spatial size fixed at --resolution), their FP16 mixed-precision variants <name>.fp16.onnx (FP16
 compute, FP32 I/O, normalisation statistics in FP32), with --engines <name>.plan (strongly typed
 TensorRT engines, batch 1..--max-batch) and timing.cache, and export_report.json (parity errors
-against eager PyTorch, FP16 errors and PSNR, TensorRT readiness, trtexec/polygraphy commands).
-Without checkpoint options the default (seeded, untrained) weights of the local pipeline are
-exported, so exported models and `compositor composite --local` agree. A network that misses the
+against eager PyTorch, FP16 errors and PSNR, TensorRT readiness, trtexec/polygraphy commands, and
+where each network's weights came from: trained file and SHA-256, published MODNet checkpoint, or
+untrained).
+Without checkpoint options the local pipeline's default weights are exported (weights/*.safetensors,
+MODNet from $MODNET_CHECKPOINT, the seeded initialisation for what is missing, or for everything
+with --untrained), so exported models and `compositor composite --local` agree. A network that misses the
 FP16 tolerances with only its statistics in FP32 keeps more in FP32 along a fixed ladder (MODNet:
 its MobileNetV2 encoder, which the untrained weights need); the report records every attempt.
 
@@ -100,4 +103,10 @@ def summary(report: dict, out: Path) -> str:
         lines.append(f"  {name:<14} FP32 max abs error {fp32:.2g}; FP16 ({entry['fp16']['policy']}) {fp16}")
         if entry["tensorrt"]["engine"]:
             lines.append(f"  {'':<14} TensorRT {entry['files']['plan']}: parity against ONNX Runtime FP32 passed")
+    provenance = report.get("weights", {}).get("provenance", {})
+    if provenance:
+        lines.append("  weights: " + "; ".join(
+            f"{name} {record['kind']}" + (f" ({record['file']}, sha256 {record['sha256'][:12]})" if record.get("sha256") else "")
+            for name, record in provenance.items()
+        ) + " (recorded in the report; 'compositor repository --onnx' copies it into the configs)")
     return "\n".join(lines)

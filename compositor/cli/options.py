@@ -37,6 +37,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (a fraction of full scale), got {text}")
+    return value
+
+
 def resolution_argument(text: str) -> tuple[int, int]:
     try:
         return parse_resolution(text)

@@ -9,6 +9,9 @@ from the export directory (--onnx DIR: DIR/<name>.onnx, or DIR/<name>.plan for t
 do the network resolution and the max batch (DIR/export_report.json): --resolution, if given, must
 be the export's; --max-batch may be lower than the export's (higher only for the ONNX flavours,
 whose batch axis is dynamic). Without --onnx (--configs-only), --resolution and --max-batch apply.
+Where each network's weights came from (the export report's record: trained file and SHA-256, the
+published MODNet checkpoint, or untrained) goes into its config (parameter weights_provenance) and
+into PROVENANCE.md at the repository root; without --onnx it is "unknown".
 
 Example:
   compositor export --out artifacts/export
@@ -56,7 +59,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     # Imported here: the config generator loads tritonclient and protobuf, which --help never needs.
     from compositor.serving.configs import RepositoryOptions
-    from compositor.serving.repository import export_settings, generate_repository
+    from compositor.serving.repository import PROVENANCE_FILE, export_settings, generate_repository
 
     resolution = args.resolution or DEFAULT_RESOLUTION
     max_batch = args.max_batch or DEFAULT_MAX_BATCH
@@ -77,6 +80,13 @@ def run(args) -> int:
     result = generate_repository(args.out, options, export_dir=args.onnx, configs_only=args.configs_only)
     print(f"{result.root}: {', '.join(result.models)} ({options.flavor} flavour, "
           f"network resolution {format_resolution(options.resolution)}, max batch {options.max_batch}{source})")
+    print("weights: " + "; ".join(
+        f"{name} {record['kind']}" + (f" ({record['file']}, sha256 {record['sha256'][:12]})" if record.get("sha256") else "")
+        for name, record in result.provenance.items()
+    ) + f" (recorded in the configs and {result.root / PROVENANCE_FILE})")
+    untrained = [name for name, record in result.provenance.items() if record["kind"] == "untrained"]
+    if untrained:
+        log.warning("UNTRAINED weights in this repository for: %s (clients will warn about it)", ", ".join(untrained))
     if result.model_files_missing:
         print("model files still missing (the server cannot load these models until they exist):")
         for path in result.model_files_missing:

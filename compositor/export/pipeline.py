@@ -171,7 +171,8 @@ def export_all(
         resolution: network (height, width), multiples of 32 (``spec.parse_resolution`` at the edge).
         max_batch: largest batch (TensorRT profile max, Triton ``max_batch_size``).
         engines: also build ``<name>.plan`` with TensorRT.
-        weights: where the weights came from, recorded in the report (e.g. checkpoint paths).
+        weights: more on where the weights came from, recorded in the report (e.g. checkpoint
+            paths); the provenance of each network comes from ``networks.provenance``.
 
     Returns:
         ``ExportResult`` with the report dict (as written to ``export_report.json``).
@@ -215,7 +216,7 @@ def export_all(
         "resolution": list(resolution),
         "max_batch": max_batch,
         "opset": spec.ONNX_OPSET,
-        "weights": {"untrained": list(networks.untrained), "sources": dict(networks.sources), **(weights or {})},
+        "weights": weights_report(networks, weights),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -237,6 +238,18 @@ def export_all(
     if engines and tensorrt_missing:
         raise tensorrt.TensorRTUnavailableError(missing_tensorrt_message(report, out_dir))
     return ExportResult(report=report, files=files)
+
+
+def weights_report(networks: Networks, weights: dict | None = None) -> dict:
+    """The report's ``weights`` section: which networks are untrained, where each one's weights came
+    from (``sources``), their provenance records (kind, file name, SHA-256, note; the repository
+    generator copies them into the network configs) and the caller's extra entries (``weights``)."""
+    return {
+        "untrained": list(networks.untrained),
+        "sources": dict(networks.sources),
+        "provenance": {name: dict(record) for name, record in networks.provenance.items()},
+        **(weights or {}),
+    }
 
 
 def missing_tensorrt_message(report: dict, out_dir: Path) -> str:

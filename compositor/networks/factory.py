@@ -3,7 +3,9 @@
 Every entry point (local pipeline, export, benchmarks) goes through ``load_networks`` so that the
 eager pipeline and the exported models always run the same weights. Without a checkpoint argument,
 blending and harmonization use the trained files in ``weights/`` (``defaults.py``) and MODNet uses
-``$MODNET_CHECKPOINT``; whatever is left gets the seeded initialisation, with a warning.
+``$MODNET_CHECKPOINT``; whatever is left gets the seeded initialisation, with a warning. Each
+network's provenance (kind, file name, SHA-256, note) is recorded as it is loaded, so the export
+report and the model repository can say which weights a deployment runs.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from compositor.networks.defaults import MODNET_CHECKPOINT_VARIABLE, default_wei
 from compositor.networks.harmonization import HarmonizationUNet
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
-from compositor.networks.weights import WeightsError, load_network
+from compositor.networks.weights import WeightsError, describe_provenance, file_sha256, load_network, read_metadata
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 0
+PUBLISHED_MODNET_FILE = "modnet_photographic_portrait_matting.ckpt"
+"""File name of the published MODNet checkpoint (ZHKKKe/MODNet, photographic portrait matting)."""
 
 
 @dataclass
@@ -37,6 +41,9 @@ class Networks:
     untrained: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     """Where each network's weights came from: a file path, or ``"untrained (seed N)"``."""
+    provenance: dict[str, dict] = field(default_factory=dict)
+    """Per network: ``{"kind", "file", "sha256", "note"}``, the record that travels with a deployment
+    (``compositor.serving.conventions.PROVENANCE_PARAMETER``; kinds in ``PROVENANCE_KINDS``)."""
 
     def as_dict(self) -> dict[str, nn.Module]:
         return {"matting": self.matting, "blending": self.blending, "harmonization": self.harmonization}
@@ -98,9 +105,11 @@ def load_networks(
         harmonization = load_network(harmonization_checkpoint, expected=HarmonizationUNet)
     else:
         harmonization, _ = _seeded(HarmonizationUNet, seed + 2), untrained.append("harmonization")
+    provenance = {}
     for name, checkpoint in (("matting", modnet_checkpoint), ("blending", blending_checkpoint),
                              ("harmonization", harmonization_checkpoint)):
         sources[name] = str(checkpoint) if checkpoint is not None else f"untrained (seed {seed})"
+        provenance[name] = weights_provenance(name, checkpoint, seed, from_environment)
     if "matting" in untrained:
         log.warning(
             "MODNet has no weights: its matte is noise. Bring the published checkpoint "
@@ -115,7 +124,29 @@ def load_networks(
             seed,
             ", ".join(others),
         )
-    return Networks(matting, blending, harmonization, untrained, sources)
+    return Networks(matting, blending, harmonization, untrained, sources, provenance)
+
+
+def weights_provenance(name: str, checkpoint: str | Path | None, seed: int, from_environment: bool = False) -> dict:
+    """The provenance record of one network's weights, hashing the file (a few MB: milliseconds).
+
+    Args:
+        name: ``matting``, ``blending`` or ``harmonization``.
+        checkpoint: the file its weights were loaded from, or None for the seeded initialisation.
+        seed: the seed of that initialisation.
+        from_environment: the MODNet checkpoint came from ``$MODNET_CHECKPOINT``.
+    """
+    if checkpoint is None:
+        return {"kind": "untrained", "file": None, "sha256": None,
+                "note": f"seeded initialisation (seed {seed}): outputs show the plumbing, not the quality"}
+    path = Path(checkpoint)
+    if name == "matting":
+        published = path.name == PUBLISHED_MODNET_FILE
+        where = f"${MODNET_CHECKPOINT_VARIABLE}" if from_environment else "modnet_checkpoint (--modnet-checkpoint)"
+        note = f"{'the published MODNet checkpoint' if published else 'a MODNet checkpoint in the published format'}, from {where}"
+        return {"kind": "published_checkpoint", "file": path.name, "sha256": file_sha256(path), "note": note}
+    return {"kind": "trained", "file": path.name, "sha256": file_sha256(path),
+            "note": describe_provenance(read_metadata(path)["provenance"])}
 
 
 def _existing(path: Path) -> Path | None:

@@ -14,10 +14,15 @@ Flavours (how the three networks run; pre/post-processing are Python models in e
 * ``onnxruntime``: Triton's ``onnxruntime_onnx`` platform on the FP32 ONNX; on CPU by default, or
   on GPU with the TensorRT execution accelerator in FP16 (``trt_accelerator``).
 * ``tensorrt``: ``tensorrt_plan`` FP16 engines (strongly typed, FP32 I/O) on GPU; production.
+
+Each network's config carries where its weights came from (``PROVENANCE_PARAMETER``, a JSON
+string): the record of the export the model files were copied from, or kind ``unknown`` when the
+repository is generated without one.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +36,8 @@ from compositor.serving.conventions import (
     DEFAULT_MAX_QUEUE_DELAY_US,
     FLAVORS,
     INTRA_OP_THREADS_PARAMETER,
+    PROVENANCE_KINDS,
+    PROVENANCE_PARAMETER,
     RESOLUTION_PARAMETER,
 )
 from compositor.serving.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
@@ -136,11 +143,39 @@ def _instances(options: RepositoryOptions, gpu: bool) -> list[dict]:
 # --- The models ---------------------------------------------------------------------------------
 
 
-def network_config(model: ModelSpec, options: RepositoryOptions) -> dict:
+NO_EXPORT_NOTE = (
+    "repository generated without an export folder (compositor repository --configs-only, no --onnx): "
+    "the model files copied in later are not recorded; generate it with --onnx DIR to record them"
+)
+"""Note of the ``unknown`` provenance a repository gets when it is generated without an export."""
+
+PROVENANCE_FIELDS = ("kind", "file", "sha256", "note")
+
+
+def unknown_provenance(note: str = NO_EXPORT_NOTE) -> dict:
+    """A provenance record of kind ``unknown``: nothing is known about the weights but ``note``."""
+    return {"kind": "unknown", "file": None, "sha256": None, "note": note}
+
+
+def provenance_json(record: dict) -> str:
+    """The ``PROVENANCE_PARAMETER`` value: the record's four fields, in order, as compact JSON.
+
+    Raises:
+        RepositoryOptionsError: a kind outside ``PROVENANCE_KINDS``.
+    """
+    if record.get("kind") not in PROVENANCE_KINDS:
+        raise RepositoryOptionsError(
+            f"weights provenance kind must be one of {', '.join(PROVENANCE_KINDS)}, not {record.get('kind')!r}"
+        )
+    return json.dumps({key: record.get(key) for key in PROVENANCE_FIELDS}, separators=(", ", ": "))
+
+
+def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dict | None = None) -> dict:
     """Config of one network (``matting``, ``blending``, ``harmonization``) in the chosen flavour.
 
     Networks take fixed-size tensors at the network resolution, so Triton's dynamic batcher can
-    merge requests of any original frame size into one execution.
+    merge requests of any original frame size into one execution. ``provenance`` (where the
+    weights came from; ``unknown_provenance()`` if None) goes in as ``PROVENANCE_PARAMETER``.
     """
     config = {"name": model.name}
     if options.flavor == "python":
@@ -161,8 +196,11 @@ def network_config(model: ModelSpec, options: RepositoryOptions) -> dict:
                 ]
             }
         }
-    elif options.flavor in ("python", "onnxruntime"):
-        config["parameters"] = _parameters({INTRA_OP_THREADS_PARAMETER: str(options.intra_op_threads)})
+    parameters = {}
+    if options.flavor in ("python", "onnxruntime") and not options.trt_accelerator:
+        parameters[INTRA_OP_THREADS_PARAMETER] = str(options.intra_op_threads)
+    parameters[PROVENANCE_PARAMETER] = provenance_json(provenance if provenance is not None else unknown_provenance())
+    config["parameters"] = _parameters(parameters)
     return config
 
 
@@ -232,10 +270,17 @@ def ensemble_config(ensemble: ModelSpec, options: RepositoryOptions) -> dict:
     return config
 
 
-def repository_configs(options: RepositoryOptions) -> dict[str, dict]:
-    """Every model's config, by model name, in pipeline order."""
+def repository_configs(options: RepositoryOptions, provenance: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Every model's config, by model name, in pipeline order.
+
+    Args:
+        options: flavour, resolution, batching and instance settings.
+        provenance: per network, where its weights came from (an export's records); a network
+            missing here gets ``unknown_provenance()``.
+    """
+    provenance = provenance or {}
     configs = {PREPROCESS.name: preprocess_config(options)}
-    configs.update({name: network_config(model, options) for name, model in NETWORKS.items()})
+    configs.update({name: network_config(model, options, provenance.get(name)) for name, model in NETWORKS.items()})
     configs[POSTPROCESS.name] = postprocess_config(options)
     configs.update({name: ensemble_config(model, options) for name, model in ENSEMBLES.items()})
     return configs

@@ -28,3 +28,14 @@ VERSION = "1"
 
 MODEL_FILE = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 """File name of a network inside ``<model>/1/`` per flavour (Triton's default model file names)."""
+
+PROVENANCE_PARAMETER = "weights_provenance"
+"""Config parameter of each network model (``matting``, ``blending``, ``harmonization``): where its
+weights came from, as a JSON string ``{"kind", "file", "sha256", "note"}`` (``PROVENANCE_KINDS``).
+The export records it (``export_report.json``, ``weights.provenance``), the repository generator
+copies it into the configs, and the client reads it back to warn about untrained networks."""
+
+PROVENANCE_KINDS = ("trained", "published_checkpoint", "untrained", "unknown")
+"""``trained``: our safetensors file (``weights/``); ``published_checkpoint``: a MODNet checkpoint in
+the published format; ``untrained``: the seeded initialisation; ``unknown``: not recorded (a
+repository generated without an export, or from an export made before provenance was recorded)."""

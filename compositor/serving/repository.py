@@ -13,6 +13,11 @@ The network resolution and max batch of a repository built from an export folder
 folder's ``export_report.json`` (``export_settings``): the ONNX graphs are fixed at the exported
 resolution, and TensorRT engines accept batches up to the exported profile's max only.
 
+Where the weights came from travels with the repository: each network's config carries the
+export report's provenance record (``weights.provenance``: kind, file name, SHA-256, note) as the
+``PROVENANCE_PARAMETER`` parameter, where clients read it, and ``PROVENANCE.md`` at the repository
+root lists the same for whoever deploys it. Without an export folder the kind is ``unknown``.
+
 The committed ``model_repository/`` is this module's output for the ``python`` flavour at the
 default options, without the ONNX files (build outputs); a test regenerates and compares it.
 """
@@ -27,8 +32,15 @@ from pathlib import Path
 from compositor.errors import CompositorError
 from compositor.files import atomic_path, write_text
 from compositor.export.layout import REPORT_FILE, ExportReportError, fp32_file, plan_file, read_report
-from compositor.serving.configs import RepositoryOptions, RepositoryOptionsError, repository_configs, to_pbtxt
-from compositor.serving.conventions import MODEL_FILE, VERSION
+from compositor.serving.configs import (
+    PROVENANCE_FIELDS,
+    RepositoryOptions,
+    RepositoryOptionsError,
+    repository_configs,
+    to_pbtxt,
+    unknown_provenance,
+)
+from compositor.serving.conventions import MODEL_FILE, PROVENANCE_KINDS, PROVENANCE_PARAMETER, VERSION
 from compositor.serving.stages import POSTPROCESS, PREPROCESS
 from compositor.spec import NETWORKS, ModelSpec, format_resolution, parse_resolution
 
@@ -126,6 +138,57 @@ def export_settings(
     )
 
 
+PROVENANCE_FILE = "PROVENANCE.md"
+"""At the repository root: the weights' provenance for people (Triton loads only directories)."""
+
+
+def export_provenance(export_dir: Path) -> dict[str, dict]:
+    """Per network, where the weights in ``export_dir`` came from (its report's ``weights.provenance``).
+
+    A folder without a readable report, or with one from before provenance was recorded, still
+    gives a record per network: kind ``unknown`` (``untrained`` where the old report says so),
+    with a note saying why.
+    """
+    try:
+        weights = read_report(export_dir).get("weights") or {}
+    except ExportReportError as error:
+        return {name: unknown_provenance(f"export folder without a readable {REPORT_FILE} ({error})") for name in NETWORKS}
+    recorded = weights.get("provenance") or {}
+    provenance = {}
+    for name in NETWORKS:
+        record = recorded.get(name)
+        if isinstance(record, dict) and record.get("kind") in PROVENANCE_KINDS:
+            provenance[name] = {key: record.get(key) for key in PROVENANCE_FIELDS}
+        elif name in weights.get("untrained", ()):
+            provenance[name] = {"kind": "untrained", "file": None, "sha256": None,
+                                "note": "seeded initialisation (export report without provenance records)"}
+        else:
+            source = (weights.get("sources") or {}).get(name, "not recorded")
+            provenance[name] = unknown_provenance(f"export report without provenance records; weights from {source}")
+    return provenance
+
+
+def provenance_markdown(provenance: dict[str, dict], header: str) -> str:
+    """Text of ``PROVENANCE.md``: one table row per network."""
+    lines = [
+        "# Weights provenance",
+        "",
+        *(f"<!-- {line.lstrip('# ')} -->" for line in header.strip().splitlines()),
+        "",
+        f"Where the weights of each network in this repository came from. The same records are in each "
+        f"network's `config.pbtxt` (parameter `{PROVENANCE_PARAMETER}`, JSON), where `compositor.client` "
+        "reads them: it warns once per server when a network is untrained.",
+        "",
+        "| network | kind | file | sha256 | note |",
+        "|---|---|---|---|---|",
+    ]
+    for name in NETWORKS:
+        record = provenance.get(name) or unknown_provenance()
+        cells = [name, record["kind"], record.get("file") or "-", record.get("sha256") or "-", record.get("note") or ""]
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class GeneratedRepository:
     """What ``generate_repository`` wrote.
@@ -135,12 +198,14 @@ class GeneratedRepository:
         models: model names, in pipeline order.
         files: every file written (configs, Python models, copied model files).
         model_files_missing: network files not copied (only with ``configs_only``).
+        provenance: per network, the weights' provenance record written into its config.
     """
 
     root: Path
     models: list[str]
     files: list[Path] = field(default_factory=list)
     model_files_missing: list[str] = field(default_factory=list)
+    provenance: dict[str, dict] = field(default_factory=dict)
 
 
 def python_model_shim(model: str) -> str:
@@ -214,7 +279,8 @@ def generate_repository(
     Args:
         out: repository directory (created; models of other names in it are left alone).
         options: flavour, resolution, batching and instance settings.
-        export_dir: where ``compositor export`` wrote ``<name>.onnx`` / ``<name>.plan``.
+        export_dir: where ``compositor export`` wrote ``<name>.onnx`` / ``<name>.plan`` and its
+            report, whose weights provenance goes into the network configs and ``PROVENANCE.md``.
         configs_only: write configs and Python models even if network files are missing (model
             files already in ``out`` are kept); otherwise missing files are an error.
 
@@ -227,11 +293,12 @@ def generate_repository(
         ConfigSchemaError: a config does not fit Triton's schema (a bug in the generator).
     """
     out = Path(out)
-    configs = repository_configs(options)  # validates every config before anything is written
+    provenance = export_provenance(Path(export_dir)) if export_dir else {name: unknown_provenance() for name in NETWORKS}
+    configs = repository_configs(options, provenance)  # validates every config before anything is written
     texts = {name: to_pbtxt(config) for name, config in configs.items()}
     model_files = _find_model_files(Path(export_dir) if export_dir else None, options, configs_only)
 
-    result = GeneratedRepository(root=out, models=list(configs))
+    result = GeneratedRepository(root=out, models=list(configs), provenance=provenance)
     header = HEADER.format(flavor=options.flavor, resolution=format_resolution(options.resolution))
     for name, text in texts.items():
         version_dir = out / name / VERSION
@@ -263,6 +330,7 @@ def generate_repository(
             # control keeps a directory only if something is in it.
             result.files.append(write_text(version_dir / ".gitkeep", ""))
 
+    result.files.append(write_text(out / PROVENANCE_FILE, provenance_markdown(provenance, header)))
     others = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name not in configs and (p / "config.pbtxt").exists())
     if others:
         log.warning("%s also holds models this generator did not write (Triton will load them too): %s", out, ", ".join(others))
