@@ -104,3 +104,9 @@ def triton_servers(small_export, tmp_path_factory):
     factory = ServerFactory(small_export, tmp_path_factory)
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def small_server(triton_servers, small_repository):
+    """One server on ``small_repository`` for the tests that only send requests (never stop it)."""
+    return triton_servers.start(small_repository)

@@ -18,28 +18,16 @@ from PIL import Image
 from compositor import imaging
 from compositor.cli import main
 from compositor.client.remote import CompositorClient
-from compositor.export.onnx_export import export_fp32
-from compositor.networks.contract import contract_models
-from compositor.serving.configs import RepositoryOptions
-from compositor.serving.repository import generate_repository
-from compositor.serving.server import TritonServer, free_port
+from compositor.serving.server import free_port
 
 pytestmark = pytest.mark.triton
 
-RESOLUTION = (64, 64)
 OUTPUTS = ["alpha.png", "blended.png", "harmonized.png"]
 
 
 @pytest.fixture(scope="module")
-def server(nontrivial_networks, tmp_path_factory):
-    onnx_dir = tmp_path_factory.mktemp("onnx")
-    for name, module in contract_models(nontrivial_networks).items():
-        export_fp32(module, name, onnx_dir / f"{name}.onnx", RESOLUTION)
-    repository = tmp_path_factory.mktemp("repository")
-    generate_repository(repository, RepositoryOptions(resolution=RESOLUTION), export_dir=onnx_dir)
-    log_path = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), log_path=log_path) as server:
-        yield server
+def server(small_server):
+    return small_server
 
 
 def photo(name: str, size: tuple[int, int]) -> np.ndarray:

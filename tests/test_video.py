@@ -18,16 +18,11 @@ import skimage.data
 from compositor import imaging
 from compositor.cli import main
 from compositor.client.remote import CompositorClient
-from compositor.export.onnx_export import export_fp32
 from compositor.media.video import VideoInfo, VideoWriter, probe, read_frames
-from compositor.networks.contract import contract_models
-from compositor.serving.configs import RepositoryOptions
-from compositor.serving.repository import generate_repository
-from compositor.serving.server import TritonServer, free_port
+from compositor.serving.server import free_port
 
 pytestmark = pytest.mark.triton
 
-RESOLUTION = (64, 64)
 WIDTH, HEIGHT, FPS = 96, 64, 10
 MIN_PSNR_DB = 30.0
 """H.264 at its default quality loses about 35-45 dB on these small frames; a wrong frame, a
@@ -35,15 +30,8 @@ shifted order or another output scores far below 20."""
 
 
 @pytest.fixture(scope="module")
-def server(nontrivial_networks, tmp_path_factory):
-    onnx_dir = tmp_path_factory.mktemp("onnx")
-    for name, module in contract_models(nontrivial_networks).items():
-        export_fp32(module, name, onnx_dir / f"{name}.onnx", RESOLUTION)
-    repository = tmp_path_factory.mktemp("repository")
-    generate_repository(repository, RepositoryOptions(resolution=RESOLUTION), export_dir=onnx_dir)
-    log_path = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), log_path=log_path) as server:
-        yield server
+def server(small_server):
+    return small_server
 
 
 def write_video(path, frames: list[np.ndarray], fps: int = FPS, audio: bool = True) -> None:

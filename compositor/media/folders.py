@@ -47,6 +47,16 @@ def _by_stem(files: list[Path]) -> dict[str, list[Path]]:
     return stems
 
 
+def _match(index: dict[str, list[Path]], name: str, what: str, folder: Path) -> tuple[Path | None, str | None]:
+    """The one file of ``index`` named ``name``, or None and why not (none, or several)."""
+    found = index.get(name, [])
+    if len(found) == 1:
+        return found[0], None
+    if not found:
+        return None, f"no {what} named {name}.* in {folder}"
+    return None, f"{len(found)} {what}s named {name}.* in {folder} ({', '.join(p.name for p in found)}); keep one"
+
+
 def folder_items(source_dir: Path, background: Path, alpha_dir: Path | None = None) -> list[FolderItem]:
     """One item per file of ``source_dir``, in name order.
 
@@ -71,18 +81,10 @@ def folder_items(source_dir: Path, background: Path, alpha_dir: Path | None = No
             others = ", ".join(p.name for p in source_stems[name] if p != path)
             problem = f"another source has the same name ({others}); outputs go to a folder named after the stem, so rename one"
         if backgrounds is not None:
-            found = backgrounds.get(name, [])
-            chosen_background = found[0] if len(found) == 1 else None
-            if problem is None and not found:
-                problem = f"no background named {name}.* in {background}"
-            elif problem is None and len(found) > 1:
-                problem = f"{len(found)} backgrounds named {name}.* in {background} ({', '.join(p.name for p in found)}); keep one"
+            chosen_background, missing = _match(backgrounds, name, "background", background)
+            problem = problem or missing
         if mattes is not None:
-            found = mattes.get(name, [])
-            chosen_alpha = found[0] if len(found) == 1 else None
-            if problem is None and not found:
-                problem = f"no matte named {name}.* in {alpha_dir}"
-            elif problem is None and len(found) > 1:
-                problem = f"{len(found)} mattes named {name}.* in {alpha_dir} ({', '.join(p.name for p in found)}); keep one"
+            chosen_alpha, missing = _match(mattes, name, "matte", alpha_dir)
+            problem = problem or missing
         items.append(FolderItem(name, path, chosen_background, chosen_alpha, problem))
     return items
