@@ -73,8 +73,12 @@ class ServerFactory:
         return out
 
     def start(self, repository: Path, grpc_port: int | None = None, http_port: int | None = None,
-              metrics_port: int | None = None):
-        """A started ``TritonServer`` (free ports unless given), stopped at the end of the session."""
+              metrics_port: int | None = None, allow_shared_memory: bool = True):
+        """A started ``TritonServer`` (free ports unless given), stopped at the end of the session.
+
+        Shared memory is allowed by default here (``TritonServer`` refuses it by default), since
+        the client's shared-memory tests use these servers.
+        """
         from compositor.serving.server import TritonServer, free_port
 
         server = TritonServer(
@@ -83,6 +87,7 @@ class ServerFactory:
             http_port=http_port or free_port(),
             metrics_port=metrics_port or free_port(),
             log_path=self._tmp.mktemp("log") / "tritonserver.log",
+            allow_shared_memory=allow_shared_memory,
         )
         self.started.append(server)
         return server.start()

@@ -399,3 +399,75 @@ def test_the_serve_help_has_an_example(capsys):
         build_parser().parse_args(["serve", "--help"])
     assert exit_info.value.code == 0
     assert "compositor serve --repository" in capsys.readouterr().out
+
+
+# --- missing or corrupt model files: a clear error at generation or at start ---------------------
+
+
+def copy_export(export_dir: Path, destination: Path) -> Path:
+    import shutil
+
+    shutil.copytree(export_dir, destination)
+    return destination
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not onnx"])
+def test_repository_generation_names_a_corrupt_onnx_file(small_export, tmp_path, damage):
+    from compositor.serving.configs import RepositoryOptions
+    from compositor.serving.repository import CorruptModelFileError, generate_repository
+
+    export = copy_export(small_export.directory, tmp_path / "export")
+    onnx_file = export / "blending.onnx"
+    content = onnx_file.read_bytes()
+    onnx_file.write_bytes(content[: len(content) // 2] if damage == "truncated" else b"<html>not a model</html>")
+    options = RepositoryOptions(resolution=small_export.resolution)
+    with pytest.raises(CorruptModelFileError, match=r"blending\.onnx is not a valid ONNX model.*compositor export"):
+        generate_repository(tmp_path / "repository", options, export_dir=export)
+    assert not (tmp_path / "repository" / "blending" / "1" / "model.onnx").exists()
+
+
+def test_repository_generation_names_a_missing_onnx_file(small_export, tmp_path):
+    from compositor.serving.configs import RepositoryOptions
+    from compositor.serving.repository import MissingModelFilesError, generate_repository
+
+    export = copy_export(small_export.directory, tmp_path / "export")
+    (export / "harmonization.onnx").unlink()
+    with pytest.raises(MissingModelFilesError, match=r"needs harmonization\.onnx in .*export"):
+        generate_repository(tmp_path / "repository", RepositoryOptions(resolution=small_export.resolution), export_dir=export)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_corrupt_or_missing_model_file_in_a_repository_fails_the_start_naming_the_model(triton_servers, damage):
+    repository = triton_servers.repository()
+    model_file = repository / "matting" / "1" / "model.onnx"
+    if damage == "missing":
+        model_file.unlink()
+    else:
+        model_file.write_bytes(model_file.read_bytes()[:1000])
+    server = TritonServer(repository, **free_ports())
+    started = time.monotonic()
+    with pytest.raises(ServerStartError, match=r"model 'matting' failed to load"):
+        server.start(timeout_s=120)
+    assert time.monotonic() - started < 60
+    assert process_tree(server.pid) == []
+
+
+@pytest.mark.triton
+def test_a_server_started_from_a_worker_thread_outlives_the_thread(tmp_path):
+    # The parent-death signal fires when the *thread* that forked exits; only the main thread's
+    # servers get it, or a pool's worker thread ending would take its server with it.
+    repository = write_identity_model(tmp_path / "repository")
+    started: list[TritonServer] = []
+    worker = threading.Thread(target=lambda: started.append(TritonServer(repository, **free_ports()).start()))
+    worker.start()
+    worker.join(timeout=60)
+    server = started[0]
+    try:
+        time.sleep(3)  # a server that got the signal would have drained and exited by now
+        assert server.is_running()
+        import tritonclient.http as httpclient
+
+        assert httpclient.InferenceServerClient(server.http_url).is_server_ready()
+    finally:
+        server.stop()

@@ -13,8 +13,9 @@ answering UNAVAILABLE is marked down and skipped, and the request is sent again 
 (``/v2/health/ready``; gRPC ``ServerReady``) every ``backoff_s``, then ``2 x backoff_s``, ... (at most
 every ``MAX_PROBE_INTERVAL_S``) and used again once it answers ready. Only when every server has been
 down for longer than ``timeout_s`` does a request fail with ``ServerUnreachableError`` naming every
-URL. Resending a request that a failing server may have half processed is safe: the ensembles keep
-no state between requests.
+URL. A request failed because one of a server's model processes died (Triton keeps answering ready
+then: ``BROKEN_SERVER_SIGNS``) is treated the same way. Resending a request that a failing server
+may have half processed is safe: the ensembles keep no state between requests.
 
 Threads: each worker thread has its own ``CompositorClient`` per server (tritonclient's HTTP
 client must not be shared between threads; gRPC could be, but one rule is simpler), and with
@@ -62,6 +63,17 @@ log = logging.getLogger(__name__)
 
 MAX_PROBE_INTERVAL_S = 5.0
 """A down server is probed at least this often, however long it has been down."""
+
+
+BROKEN_SERVER_SIGNS = ("is not healthy",)
+"""Words of a server-side error that no request caused: Triton 2.51's answer once a Python-backend
+stub process has died ("Stub process 'postprocess_0_0' is not healthy"). Triton does not restart
+the stub and keeps answering ready (triton-inference-server/server#8604), so such a request is
+sent again to another server, like one a server failed by being unavailable."""
+
+
+def _says_server_is_broken(error: Exception) -> bool:
+    return any(sign in str(error) for sign in BROKEN_SERVER_SIGNS)
 
 
 @dataclass(frozen=True)
@@ -299,8 +311,9 @@ class CompositorPool:
             except RequestTimeoutError as error:  # already cost timeout_s; a retry could cost it again
                 return CompositeOutcome(request.key, None, error, attempts, server.url)
             except ClientError as error:
-                # The server answered with an error: the request's fault, unless the server is going away.
-                if self._answers_ready(server):
+                # The server answered with an error: the request's fault, unless the server is going away
+                # or one of its model processes died (it then still answers ready: see BROKEN_SERVER_SIGNS).
+                if not _says_server_is_broken(error) and self._answers_ready(server):
                     return CompositeOutcome(request.key, None, error, attempts, server.url)
                 failed, failed_server = error, server
             except Exception as error:  # noqa: BLE001 - one item's failure must not stop the others

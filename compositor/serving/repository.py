@@ -84,6 +84,10 @@ class ExportMismatchError(CompositorError, ValueError):
     """An explicit resolution or max batch contradicts the export folder's report."""
 
 
+class CorruptModelFileError(CompositorError, ValueError):
+    """A network file in the export folder is not a valid ONNX model (truncated, overwritten)."""
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """What a repository built from an export folder takes from its ``export_report.json``.
@@ -222,11 +226,21 @@ def check_onnx_contract(path: Path, model: ModelSpec, resolution: tuple[int, int
     """Check an exported ONNX file against the spec: tensor names and the network resolution.
 
     Raises:
+        CorruptModelFileError: the file does not parse as ONNX or fails ONNX's checker.
         RepositoryOptionsError: wrong input/output names, or inputs exported at another resolution.
     """
     import onnx  # only needed when ONNX files are copied
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        # A file cut at a field boundary still parses; the checker finds what is missing.
+        onnx.checker.check_model(proto)
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError, onnx's ValidationError, ...
+        raise CorruptModelFileError(
+            f"{path} is not a valid ONNX model ({type(error).__name__}: {str(error).strip()[:200] or 'no detail'}); "
+            "re-export it with 'compositor export'"
+        ) from error
+    graph = proto.graph
     initializers = {i.name for i in graph.initializer}
     inputs = {i.name: [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
               for i in graph.input if i.name not in initializers}
@@ -289,6 +303,7 @@ def generate_repository(
 
     Raises:
         MissingModelFilesError: network files missing and not ``configs_only``.
+        CorruptModelFileError: a network's ONNX file is truncated or not ONNX at all.
         ValueError: an ONNX file does not match the spec (names or resolution).
         ConfigSchemaError: a config does not fit Triton's schema (a bug in the generator).
     """

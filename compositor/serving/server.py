@@ -14,13 +14,17 @@ Example:
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +48,19 @@ DEFAULT_STOP_TIMEOUT_S = 40.0
 
 _POLL_INTERVAL_S = 0.1
 _MIN_SHM_BYTES = 256 * 2**20
+
+RESTRICTED_APIS = ("shared-memory", "trace", "logging")
+"""Triton APIs (both protocols) that answer only requests carrying ``RESTRICTED_API_HEADER``.
+
+Shared memory lets a client make the server map any ``/dev/shm`` region its user can open (the
+Python-backend stubs' regions included); trace and logging change what the server writes to disk.
+``model-repository`` stays open: clients read its index to find the ensembles, and load/unload
+are refused anyway with ``--model-control-mode=none``.
+"""
+RESTRICTED_API_HEADER = "compositor-admin-key"
+"""Header Triton expects on restricted APIs; its value is a random secret made per start and never
+shown, so in effect the APIs are off (it is visible only in the server's own command line)."""
+_PR_SET_PDEATHSIG = 1
 
 
 class ServerStartError(CompositorError, RuntimeError):
@@ -77,10 +94,18 @@ class TritonServer:
       incomplete one must fail to load rather than be guessed. It also skips one stub launch per
       Python model (about 1.3 s each) that only exists to call ``auto_complete_config``.
     * ``--backend-directory``: a private directory with the stub for this Python version.
+    * ``--http-restricted-api/--grpc-restricted-protocol``: the ``RESTRICTED_APIS`` (shared
+      memory, trace, logging) answer HTTP 403 / gRPC UNAVAILABLE ("... is restricted, expecting
+      header ...") unless ``allow_shared_memory`` lifts the restriction on shared memory (which
+      ``compositor.client.shared_memory`` needs).
 
     The process runs in its own session (process group), so a Ctrl-C in the terminal reaches only
     our process, which then stops the server in order; ``stop`` kills the whole group last, the
-    Python-backend stubs included.
+    Python-backend stubs included. On Linux the server also gets SIGTERM when the thread that
+    started it dies (``PR_SET_PDEATHSIG``), so a launcher killed with SIGKILL does not leave Triton
+    holding the ports: Triton then drains, unloads its models (the stubs exit and free their
+    shared memory) and exits. Only a server started from the main thread gets it, since a worker
+    thread that ends would take the server with it.
 
     Args:
         repository: the model repository (``--model-repository``).
@@ -90,6 +115,8 @@ class TritonServer:
             tracebacks), kept after ``stop``; default a new file in
             ``compositor.serving.server_log.DEFAULT_LOG_DIR``.
         extra_args: more ``tritonserver`` arguments, appended last (so they can override ours).
+        allow_shared_memory: let clients register system shared memory (off by default: any
+            client that can reach the port could make the server map its own regions).
     """
 
     def __init__(
@@ -101,6 +128,7 @@ class TritonServer:
         metrics_port: int = DEFAULT_METRICS_PORT,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
+        allow_shared_memory: bool = False,
     ) -> None:
         self.repository = Path(repository)
         self.host = host
@@ -108,6 +136,7 @@ class TritonServer:
         self.http_port = http_port
         self.metrics_port = metrics_port
         self.extra_args = tuple(extra_args)
+        self.allow_shared_memory = allow_shared_memory
         self._requested_log_path = Path(log_path) if log_path is not None else None
         self._process: subprocess.Popen | None = None
         self._workdir: Path | None = None
@@ -174,7 +203,7 @@ class TritonServer:
         else:
             self._log_path = new_log_path()
         argv = self._argv(installation, backend_dir)
-        LOGGER.info("starting Triton: %s", " ".join(argv))
+        LOGGER.info("starting Triton: %s", " ".join(_redact_secrets(argv)))
         LOGGER.info("Triton log: %s", self._log_path)
 
         started = time.monotonic()
@@ -187,6 +216,7 @@ class TritonServer:
                     stderr=subprocess.STDOUT,
                     env=installation.environment(),
                     start_new_session=True,
+                    preexec_fn=_die_with_parent_function(),
                 )
         except OSError as error:
             shutil.rmtree(self._workdir, ignore_errors=True)
@@ -302,8 +332,15 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             "--disable-auto-complete-config",
+            *self._restriction_args(),
             *self.extra_args,
         ]
+
+    def _restriction_args(self) -> list[str]:
+        apis = [api for api in RESTRICTED_APIS if not (api == "shared-memory" and self.allow_shared_memory)]
+        # A fresh secret per start that no client is told: the restricted APIs are off in effect.
+        restriction = f"{','.join(apis)}:{RESTRICTED_API_HEADER}={secrets.token_hex(32)}"
+        return [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
 
     def _wait_until_ready(self, deadline: float, timeout_s: float) -> None:
         assert self._process is not None
@@ -422,6 +459,35 @@ def _stub_shm_regions(pgid: int) -> list[Path]:
         if len(argv) > 2 and argv[0].endswith(b"triton_python_backend_stub"):
             regions.append(Path("/dev/shm") / os.fsdecode(argv[2]))
     return regions
+
+
+def _redact_secrets(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the restricted-API secret masked, for the log."""
+    marker = f"{RESTRICTED_API_HEADER}="
+    return [arg.split(marker)[0] + marker + "<secret>" if marker in arg else arg for arg in argv]
+
+
+def _die_with_parent_function():
+    """A ``preexec_fn`` that makes the child get SIGTERM when this thread dies, or ``None``.
+
+    ``None`` off Linux and off the main thread (PR_SET_PDEATHSIG fires when the *thread* that
+    forked exits). Everything the child calls is prepared here, before the fork.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(1)
+
+    return die_with_parent
 
 
 def _send(pid: int, sig: signal.Signals) -> None:

@@ -1,0 +1,128 @@
+"""``compositor serve`` killed with SIGKILL takes Triton and its Python-backend stubs with it.
+
+SIGKILL gives the command no chance to stop the server; the server learns of it through Linux's
+parent-death signal (``PR_SET_PDEATHSIG``), drains, unloads its models and exits. Before that,
+Triton and its stubs kept running and holding the ports after the command was gone.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from compositor.serving.server import free_port
+
+IDENTITY_CONFIG = """\
+name: "identity"
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+instance_group [ { kind: KIND_CPU count: 2 } ]
+"""
+
+IDENTITY_MODEL = '''\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
+            for r in requests
+        ]
+'''
+
+GONE_WITHIN_S = 30.0
+"""Triton's own drain on SIGTERM is bounded by --exit-timeout-secs (30 s); with nothing in flight it
+takes about a second."""
+
+
+def write_repository(root: Path) -> Path:
+    model = root / "identity"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(IDENTITY_CONFIG)
+    (model / "1" / "model.py").write_text(IDENTITY_MODEL)
+    return root
+
+
+def is_gone(process: psutil.Process) -> bool:
+    # Orphans are reparented to PID 1, which in a container may never reap them: a zombie is dead.
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> str:
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            seen.append(lines.get(timeout=0.2))
+        except queue.Empty:
+            assert process.poll() is None, "compositor serve exited:\n" + "".join(seen)
+            continue
+        if text in seen[-1]:
+            return "".join(seen)
+    raise AssertionError(f"no {text!r} within {timeout_s} s in:\n" + "".join(seen))
+
+
+@pytest.mark.triton
+def test_sigkill_of_the_serve_command_takes_triton_its_stubs_their_shared_memory_and_the_ports_with_it(tmp_path):
+    repository = write_repository(tmp_path / "repository")
+    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository),
+               "--log-file", str(tmp_path / "triton.log")]
+    for name, port in ports.items():
+        command += [f"--{name}-port", str(port)]
+    serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tree: list[psutil.Process] = []
+    regions: list[Path] = []
+    try:
+        wait_for_line(serve, "Triton ready", timeout_s=60)
+        tree = psutil.Process(serve.pid).children(recursive=True)
+        servers = [p for p in tree if p.name() == "tritonserver"]
+        stubs = [p.cmdline() for p in tree if "triton_python_backend_stub" in " ".join(p.cmdline())]
+        assert len(servers) == 1 and len(stubs) == 2, [p.cmdline() for p in tree]
+        regions = [Path("/dev/shm") / argv[2] for argv in stubs]
+        assert all(region.exists() for region in regions)
+
+        serve.send_signal(signal.SIGKILL)
+        serve.wait(timeout=10)
+        deadline = time.monotonic() + GONE_WITHIN_S
+        while time.monotonic() < deadline and not all(is_gone(p) for p in tree):
+            time.sleep(0.2)
+        assert [p.cmdline()[:1] for p in tree if not is_gone(p)] == []
+        assert [port for port in ports.values() if not port_is_free(port)] == []
+        assert [region for region in regions if region.exists()] == []
+    finally:
+        serve.kill()
+        serve.wait()
+        survivors = [process for process in tree if not is_gone(process)]
+        for process in survivors:  # whatever outlived the command must not outlive the test
+            process.kill()
+        psutil.wait_procs(survivors, timeout=5)
+        for region in regions:  # killed servers cannot unlink their regions
+            region.unlink(missing_ok=True)
