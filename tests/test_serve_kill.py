@@ -126,3 +126,39 @@ def test_sigkill_of_the_serve_command_takes_triton_its_stubs_their_shared_memory
         psutil.wait_procs(survivors, timeout=5)
         for region in regions:  # killed servers cannot unlink their regions
             region.unlink(missing_ok=True)
+
+
+@pytest.mark.triton
+def test_a_dead_model_process_stops_the_serve_command_so_health_checks_tell_the_truth(tmp_path):
+    # Triton 2.51 neither restarts a dead stub nor stops answering ready (tests/test_faults.py shows
+    # it); the serve command notices, stops Triton and exits non-zero, naming the model.
+    repository = write_repository(tmp_path / "repository")
+    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository),
+               "--log-file", str(tmp_path / "triton.log")]
+    for name, port in ports.items():
+        command += [f"--{name}-port", str(port)]
+    # stdout carries "Triton ready"; the error goes to stderr, read whole once the command exits.
+    serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree: list[psutil.Process] = []
+    try:
+        wait_for_line(serve, "Triton ready", timeout_s=60)
+        tree = psutil.Process(serve.pid).children(recursive=True)
+        stubs = [p for p in tree if "triton_python_backend_stub" in " ".join(p.cmdline())]
+        assert len(stubs) == 2
+        stubs[0].kill()
+        _, output = serve.communicate(timeout=GONE_WITHIN_S + 30)
+        assert serve.returncode == 2, output
+        assert "the process of model(s) identity died" in output, output
+        deadline = time.monotonic() + GONE_WITHIN_S
+        while time.monotonic() < deadline and not all(is_gone(p) for p in tree):
+            time.sleep(0.2)
+        assert [p.cmdline()[:1] for p in tree if not is_gone(p)] == []
+        assert port_is_free(ports["http"])  # health probes now fail: the truth
+    finally:
+        serve.kill()
+        serve.wait()
+        survivors = [process for process in tree if not is_gone(process)]
+        for process in survivors:
+            process.kill()
+        psutil.wait_procs(survivors, timeout=5)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import subprocess
 from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
@@ -121,7 +122,7 @@ def run(args) -> int:
             flush=True,
         )
         print(f"server log: {server.log_path}; press Ctrl-C to stop", flush=True)
-        returncode = server.wait()
+        returncode = _wait_watching_models(server)
         server.stop()
         if received:
             name = signal.Signals(received[0]).name
@@ -136,3 +137,28 @@ def run(args) -> int:
         server.stop()  # reaps the server, kills leftover stubs, removes temporary files (not the log)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+MODEL_CHECK_INTERVAL_S = 2.0
+"""How often ``compositor serve`` checks that every model process is alive."""
+
+
+def _wait_watching_models(server) -> int:
+    """Wait for Triton to exit; if a model process dies first, stop Triton and say so.
+
+    Triton 2.51 keeps answering ready while a dead model process fails every request: stopping the
+    server makes health checks tell the truth, and the non-zero exit lets a supervisor restart it.
+    """
+    while True:
+        try:
+            return server.wait(timeout_s=MODEL_CHECK_INTERVAL_S)
+        except subprocess.TimeoutExpired:
+            dead = server.dead_model_processes()
+        if dead:
+            LOGGER.error("model process of %s died; stopping Triton (it would keep answering ready)", ", ".join(dead))
+            server.stop(timeout_s=5.0)
+            raise CommandError(
+                f"the process of model(s) {', '.join(dead)} died and Triton 2.51 does not restart it: every "
+                "request to it would fail while the health endpoints still answered ready, so the server "
+                f"was stopped; restart it (a supervisor can do so on this exit status). Log: {server.log_path}"
+            )

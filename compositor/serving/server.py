@@ -142,6 +142,7 @@ class TritonServer:
         self._workdir: Path | None = None
         self._log_path: Path | None = None
         self._stopped = False
+        self._model_processes: dict[int, str] = {}
         self._stop_requested = False
 
     # --- addresses -------------------------------------------------------------------------------
@@ -232,7 +233,20 @@ class TritonServer:
         LOGGER.info(
             "Triton ready in %.1f s: gRPC %s, HTTP %s", time.monotonic() - started, self.grpc_url, self.http_url
         )
+        self._model_processes = {pid: _model_of(argv) for pid, argv in _stub_processes(self._process.pid)}
         return self
+
+    def dead_model_processes(self) -> list[str]:
+        """The models whose Python-backend process (stub) has died since the server became ready.
+
+        Triton 2.51 neither restarts such a process nor says so: every request to the model fails
+        ("Stub process ... is not healthy") while ``/v2/health/ready`` keeps answering 200
+        (triton-inference-server/server#8604). ``compositor serve`` checks this and stops the server,
+        so that health checks fail and a supervisor restarts it.
+        """
+        if not self.is_running() or self._stop_requested:  # stopping: its stubs exit first
+            return []
+        return sorted({model for pid, model in self._model_processes.items() if not _process_alive(pid)})
 
     def request_stop(self) -> None:
         """Ask the server to stop, without waiting: safe to call from a signal handler.
@@ -440,12 +454,12 @@ def _is_ready(opener: urllib.request.OpenerDirector, url: str) -> bool:
         return False
 
 
-def _stub_shm_regions(pgid: int) -> list[Path]:
-    """The ``/dev/shm`` regions of the Python-backend stubs in process group ``pgid``.
+def _stub_processes(pgid: int) -> list[tuple[int, list[bytes]]]:
+    """``(pid, argv)`` of the Python-backend stubs in process group ``pgid``.
 
     A stub's command line is ``triton_python_backend_stub MODEL.py SHM_REGION_NAME ...``.
     """
-    regions = []
+    stubs = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -457,8 +471,27 @@ def _stub_shm_regions(pgid: int) -> list[Path]:
         except (OSError, ValueError, IndexError):
             continue
         if len(argv) > 2 and argv[0].endswith(b"triton_python_backend_stub"):
-            regions.append(Path("/dev/shm") / os.fsdecode(argv[2]))
-    return regions
+            stubs.append((int(proc.name), argv))
+    return stubs
+
+
+def _stub_shm_regions(pgid: int) -> list[Path]:
+    """The ``/dev/shm`` regions of the Python-backend stubs in process group ``pgid``."""
+    return [Path("/dev/shm") / os.fsdecode(argv[2]) for _, argv in _stub_processes(pgid)]
+
+
+def _model_of(argv: list[bytes]) -> str:
+    """The model a stub serves: ``.../<model>/<version>/model.py`` -> ``<model>``."""
+    return Path(os.fsdecode(argv[1])).parent.parent.name
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a dead child its parent has not reaped)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _redact_secrets(argv: Sequence[str]) -> list[str]:
