@@ -41,6 +41,8 @@ from compositor.cli import main
 from compositor.client.remote import ClientError, CompositorClient
 from compositor.spec import MAX_IMAGE_SIDE
 
+from triton_probes import stub_command_lines
+
 pytestmark = pytest.mark.triton
 
 MAX_SERVER_RSS_BYTES = 4 * 1024**3
@@ -397,19 +399,6 @@ def restricted_server(small_repository, triton_servers, tmp_path_factory):
     return server, key
 
 
-def stub_shm_regions(pid: int) -> list[Path]:
-    """The ``/dev/shm`` regions of the server's Python-backend stubs (argv: ``stub MODEL.py REGION ...``)."""
-    regions = []
-    for child in psutil.Process(pid).children(recursive=True):
-        try:
-            argv = child.cmdline()
-        except psutil.Error:
-            continue
-        if len(argv) > 2 and argv[0].endswith("triton_python_backend_stub"):
-            regions.append(Path("/dev/shm") / argv[2])
-    return regions
-
-
 def json_declaring_exabytes() -> bytes:
     body = {"inputs": [{"name": "source", "shape": [1, 1 << 30, 1 << 30, 3], "datatype": "UINT8", "data": [7] * 12},
                        {"name": "background", "shape": [1, 2, 2, 3], "datatype": "UINT8", "data": [7] * 12}]}
@@ -435,7 +424,7 @@ def test_with_http_inference_restricted_a_json_request_declaring_exabytes_withou
                           "declared 3 EiB input ends the server; contained by not exposing HTTP to untrusted callers")
 def test_an_http_json_request_declaring_exabytes_leaves_the_server_running(restricted_server):
     server, key = restricted_server
-    regions = stub_shm_regions(server.pid)
+    regions = [Path("/dev/shm") / argv[2] for _, argv in stub_command_lines(server.pid)]
     with PeakRss(server.pid) as rss:
         try:
             status, body = post(server, "/v2/models/composite/infer", json_declaring_exabytes(), {INFERENCE_KEY_HEADER: key})

@@ -21,7 +21,6 @@ import os
 import signal
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,8 @@ import skimage.data
 from compositor import imaging
 from compositor.client.pool import CompositeRequest, CompositorPool
 from compositor.client.remote import ClientError, CompositorClient, ServerUnavailableError, ServerUnreachableError
+
+from triton_probes import http_status, stub_command_lines
 
 pytestmark = pytest.mark.triton
 
@@ -52,19 +53,6 @@ def mixed_requests(count: int) -> list[CompositeRequest]:
     ]
 
 
-def stubs(pid: int) -> list[list[str]]:
-    """Command lines of the Python-backend stubs of server ``pid`` (stub, model.py, shm region, ...)."""
-    found = []
-    for child in psutil.Process(pid).children(recursive=True):
-        try:
-            argv = child.cmdline()
-        except psutil.Error:
-            continue
-        if len(argv) > 2 and argv[0].endswith("triton_python_backend_stub"):
-            found.append([str(child.pid), *argv])
-    return found
-
-
 def remove_leftover_regions(regions: list[Path], what: str) -> int:
     """Unlink the regions still in /dev/shm (killed processes cannot); print and return how many."""
     left = [region for region in regions if region.exists()]
@@ -72,16 +60,6 @@ def remove_leftover_regions(regions: list[Path], what: str) -> int:
     for region in left:
         region.unlink(missing_ok=True)
     return len(left)
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return -1
 
 
 class Killable:
@@ -96,7 +74,7 @@ class Killable:
     def kill(self) -> None:
         """SIGKILL the server and its process group (the stubs), as an OOM killer or ``kill -9`` would."""
         server = self.server
-        regions = [Path("/dev/shm") / argv[3] for argv in stubs(server.pid)]
+        regions = [Path("/dev/shm") / argv[3] for argv in [[str(pid), *argv] for pid, argv in stub_command_lines(server.pid)]]
         members = psutil.Process(server.pid).children(recursive=True)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout_s=10)
@@ -215,7 +193,7 @@ def stub_killed(triton_servers, small_repository):
     victim = None
     try:
         client.composite(request.source, request.background)
-        (victim,) = [argv for argv in stubs(server.pid) if f"{os.sep}postprocess{os.sep}" in argv[2]]
+        (victim,) = [argv for argv in [[str(pid), *argv] for pid, argv in stub_command_lines(server.pid)] if f"{os.sep}postprocess{os.sep}" in argv[2]]
         os.kill(int(victim[0]), signal.SIGKILL)
         wait_until_dead(int(victim[0]))
         yield server, client, request
@@ -238,7 +216,7 @@ def test_requests_after_a_python_model_process_is_killed_fail_with_an_error_nami
             client.composite(request.source, request.background)
         tries += 1
     assert server.is_running()
-    assert not [argv for argv in stubs(server.pid) if f"{os.sep}postprocess{os.sep}" in argv[2]], "the stub came back"
+    assert not [argv for argv in [[str(pid), *argv] for pid, argv in stub_command_lines(server.pid)] if f"{os.sep}postprocess{os.sep}" in argv[2]], "the stub came back"
     assert http_status(f"http://{server.http_url}/v2/health/live") == 200
     # Through a pool with this one server: retried (the server is at fault, not the request), then reported.
     with CompositorPool(server.grpc_url, max_in_flight=1, retries=2, backoff_s=0.05) as pool:

@@ -29,6 +29,8 @@ from compositor import imaging
 from compositor.client.remote import CompositorClient
 from compositor.pipeline import EagerPipeline
 
+from triton_probes import http_status, stub_command_lines
+
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 REQUESTS = 1000
@@ -65,29 +67,6 @@ def family_rss(pid: int) -> int:
         except psutil.Error:
             pass
     return total
-
-
-def stub_pids(pid: int) -> dict[str, int]:
-    """Python-backend stub pid by model file, of the server ``pid``."""
-    stubs = {}
-    for child in psutil.Process(pid).children(recursive=True):
-        try:
-            argv = child.cmdline()
-        except psutil.Error:
-            continue
-        if len(argv) > 1 and argv[0].endswith("triton_python_backend_stub"):
-            stubs[argv[1]] = child.pid
-    return stubs
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return -1
 
 
 def composite_successes(http_url: str) -> tuple[int, int]:
@@ -139,7 +118,7 @@ def test_a_thousand_mixed_requests_at_concurrency_16_are_all_answered_correctly_
     eager = EagerPipeline(small_export.networks, small_export.resolution)
     expected = {pair: eager(*inputs[pair]) for pair in PAIRS}
 
-    pid, stubs_before = server.pid, stub_pids(server.pid)
+    pid, stubs_before = server.pid, {argv[1]: pid for pid, argv in stub_command_lines(server.pid)}
     assert len(stubs_before) == 5, stubs_before  # preprocess, matting, blending, harmonization, postprocess
     successes_before, fails_before = composite_successes(server.http_url)
     local = threading.local()
@@ -221,6 +200,6 @@ def test_a_thousand_mixed_requests_at_concurrency_16_are_all_answered_correctly_
     assert not mismatched, f"{len(mismatched)} answers differ from the eager pipeline, e.g. {mismatched[:3]}"
     # No restart: same processes, ready throughout, and Triton counted each request exactly once.
     assert server.is_running() and server.pid == pid
-    assert stub_pids(pid) == stubs_before
+    assert {argv[1]: p for p, argv in stub_command_lines(pid)} == stubs_before
     assert watcher.probes > 0 and not watcher.not_ready, watcher.not_ready
     assert (successes_after - successes_before, fails_after - fails_before) == (REQUESTS, 0)

@@ -21,37 +21,13 @@ import torch
 import compositor
 from compositor.serving.server import TritonServer, free_port
 
+from triton_probes import write_identity_repository
+
 PACKAGE_DIR = Path(compositor.__file__).parent
-
-IDENTITY_CONFIG = """\
-name: "identity"
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU count: 1 } ]
-"""
-
-IDENTITY_MODEL = '''\
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
-            for r in requests
-        ]
-'''
-
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("repository")
-    (root / "identity" / "1").mkdir(parents=True)
-    (root / "identity" / "config.pbtxt").write_text(IDENTITY_CONFIG)
-    (root / "identity" / "1" / "model.py").write_text(IDENTITY_MODEL)
-    return root
+    return write_identity_repository(tmp_path_factory.mktemp("repository"))
 
 
 def start_server(repository: Path, **options) -> TritonServer:

@@ -21,38 +21,11 @@ import pytest
 
 from compositor.serving.server import free_port
 
-IDENTITY_CONFIG = """\
-name: "identity"
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU count: 2 } ]
-"""
-
-IDENTITY_MODEL = '''\
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
-            for r in requests
-        ]
-'''
+from triton_probes import write_identity_repository
 
 GONE_WITHIN_S = 30.0
 """Triton's own drain on SIGTERM is bounded by --exit-timeout-secs (30 s); with nothing in flight it
 takes about a second."""
-
-
-def write_repository(root: Path) -> Path:
-    model = root / "identity"
-    (model / "1").mkdir(parents=True)
-    (model / "config.pbtxt").write_text(IDENTITY_CONFIG)
-    (model / "1" / "model.py").write_text(IDENTITY_MODEL)
-    return root
 
 
 def is_gone(process: psutil.Process) -> bool:
@@ -91,7 +64,7 @@ def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> str
 
 @pytest.mark.triton
 def test_sigkill_of_the_serve_command_takes_triton_its_stubs_their_shared_memory_and_the_ports_with_it(tmp_path):
-    repository = write_repository(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository", instances=2)
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
     command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository),
                "--log-file", str(tmp_path / "triton.log")]
@@ -132,7 +105,7 @@ def test_sigkill_of_the_serve_command_takes_triton_its_stubs_their_shared_memory
 def test_a_dead_model_process_stops_the_serve_command_so_health_checks_tell_the_truth(tmp_path):
     # Triton 2.51 neither restarts a dead stub nor stops answering ready (tests/test_faults.py shows
     # it); the serve command notices, stops Triton and exits non-zero, naming the model.
-    repository = write_repository(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository", instances=2)
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
     command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository),
                "--log-file", str(tmp_path / "triton.log")]

@@ -1,0 +1,68 @@
+"""What several server tests need to look at a running Triton from outside, and a minimal model.
+
+A repository with one Python-backend identity model starts in well under a second, so tests about
+the server process itself (signals, security options, dead model processes) use it instead of the
+compositing ensembles.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+IDENTITY_CONFIG = """\
+name: "identity"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
+"""
+
+IDENTITY_MODEL = '''\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
+            for r in requests
+        ]
+'''
+
+
+def write_identity_repository(root: Path, instances: int = 1) -> Path:
+    """A repository at ``root`` holding the ``identity`` model with ``instances`` model processes."""
+    model = root / "identity"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(IDENTITY_CONFIG.format(instances=instances))
+    (model / "1" / "model.py").write_text(IDENTITY_MODEL)
+    return root
+
+
+def stub_command_lines(pid: int) -> list[tuple[int, list[str]]]:
+    """``(pid, argv)`` of the Python-backend stubs under server ``pid``: ``stub MODEL.py SHM_REGION ...``."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            argv = child.cmdline()
+        except psutil.Error:
+            continue
+        if len(argv) > 2 and argv[0].endswith("triton_python_backend_stub"):
+            found.append((child.pid, argv))
+    return found
+
+
+def http_status(url: str) -> int:
+    """The HTTP status ``url`` answers with, or -1 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return -1
