@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -22,35 +21,25 @@ from pathlib import Path
 
 from compositor.bench import MODES
 from compositor.cli import CommandError, subcommand_parser
-from compositor.cli.options import add_network_options, check_output_file, networks_from_args, positive_float, positive_int
+from compositor.cli.options import (
+    add_network_options,
+    check_output_file,
+    comma_choices,
+    networks_from_args,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
 from compositor.files import write_json
 
 QUICK = {"concurrency": (1, 2), "window_s": 3.0, "min_requests": 5, "max_windows": 3}
 README_MARKERS = ("<!-- performance:start", "<!-- performance:end -->")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
-
-
-def _modes(text: str) -> tuple[str, ...]:
-    modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(MODES)}")
-    return modes
-
-
 def register(subparsers) -> None:
     parser = subcommand_parser(subparsers, __name__, __doc__)
-    parser.add_argument("--modes", type=_modes, default=MODES, help=f"comma-separated subset of {','.join(MODES)} (default all)")
-    parser.add_argument("--concurrency", type=_int_list, help="full-chain concurrency levels (default 1,2,4,8; --quick 1,2)")
+    parser.add_argument("--modes", type=comma_choices(MODES), default=MODES, help=f"comma-separated subset of {','.join(MODES)} (default all)")
+    parser.add_argument("--concurrency", type=positive_int_list, help="full-chain concurrency levels (default 1,2,4,8; --quick 1,2)")
     parser.add_argument("--batch", type=positive_int, default=1, help="images per request (default 1)")
     parser.add_argument("--duration-s", type=positive_float, help="minimum seconds per measurement window (default 10; --quick 3)")
     parser.add_argument("--quick", action="store_true", help="short windows, concurrency 1,2: under 5 minutes on 2 cores")

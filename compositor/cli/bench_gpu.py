@@ -44,46 +44,30 @@ CPU dry run of the plumbing (seconds; what the tests run):
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 # gpu_modes imports PyTorch only inside its functions: the names and defaults come at no cost.
 from compositor.bench.gpu_modes import COMPILE_MODES, DEFAULT_BUDGET_S, MODES, WORKLOADS
 from compositor.cli import CommandError, subcommand_parser
-from compositor.cli.options import add_network_options, non_negative_int, positive_float, positive_int
-
-
-def _choices(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
-    def parse(text: str) -> tuple[str, ...]:
-        values = tuple(v.strip() for v in text.split(",") if v.strip())
-        unknown = [v for v in values if v not in allowed]
-        if not values or unknown:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated subset of {','.join(allowed)}")
-        return values
-
-    return parse
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 1,8")
-    return values
+from compositor.cli.options import (
+    add_network_options,
+    comma_choices,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
 
 
 def register(subparsers) -> None:
     parser = subcommand_parser(subparsers, __name__, __doc__)
     parser.add_argument("--out", type=Path, required=True, help="results JSON (written atomically)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda (default), or cpu for a dry run")
-    parser.add_argument("--batches", type=_batches, default=(1, 8), help="batch sizes (default 1,8)")
+    parser.add_argument("--batches", type=positive_int_list, default=(1, 8), help="batch sizes (default 1,8)")
     parser.add_argument("--iterations", type=positive_int, default=50, help="timed iterations per measurement (default 50)")
     parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed iterations after the first call (default 10)")
-    parser.add_argument("--modes", type=_choices(MODES), default=MODES, help=f"subset of {','.join(MODES)} (default all)")
-    parser.add_argument("--workloads", type=_choices(WORKLOADS), default=WORKLOADS, help=f"subset of {','.join(WORKLOADS)} (default all)")
+    parser.add_argument("--modes", type=comma_choices(MODES), default=MODES, help=f"subset of {','.join(MODES)} (default all)")
+    parser.add_argument("--workloads", type=comma_choices(WORKLOADS, "workload"), default=WORKLOADS, help=f"subset of {','.join(WORKLOADS)} (default all)")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default", help="torch.compile mode (default: default)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor; eager: dynamo only)")
     parser.add_argument("--budget-s", type=positive_float, default=DEFAULT_BUDGET_S,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,3 +127,29 @@ def _check_creatable(folder: Path, option: str, file: Path | None = None) -> Non
         raise CommandError(f"{option} {shown}: {existing} is a file, so no folder can be made under it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CommandError(f"{option} {shown}: {existing} is not writable")
+
+
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated integers >= 1, e.g. ``1,8``."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 1,8")
+    return values
+
+
+def comma_choices(allowed: tuple[str, ...], what: str = "mode") -> Callable[[str], tuple[str, ...]]:
+    """argparse type factory: a non-empty comma-separated subset of ``allowed`` (``what`` names them in errors)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        unknown = [v for v in values if v not in allowed]
+        if not values or unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(allowed)}"
+            )
+        return values
+
+    return parse
