@@ -54,6 +54,7 @@ from compositor.cli.options import (
     unit_fraction,
 )
 from compositor.client.remote import DEFAULT_TIMEOUT_S, PROTOCOLS
+from compositor.client.video import VIDEO_OUTPUTS
 from compositor.figures import comparison_strip, edge_zoom_strip, linear_paste, stack_rows
 from compositor.media.video import is_video
 from compositor.results import CompositeResult
@@ -74,7 +75,6 @@ VIDEO_ONLY = {"temporal_smoothing": "--temporal-smoothing", "smoothing_threshold
 DEFAULT_MAX_IN_FLIGHT = 4
 """Requests outstanding at once: enough to keep a server's preprocess, networks and postprocess
 busy together, few enough that frames do not pile up in memory."""
-VIDEO_OUTPUT_CHOICES = ("harmonized", "blended", "alpha")
 
 
 def register(subparsers) -> None:
@@ -106,7 +106,7 @@ def register(subparsers) -> None:
                         help="pass frames through system shared memory instead of the socket (default off); only "
                         "for a server on this same host, since the regions live in this machine's /dev/shm")
     video = parser.add_argument_group("video (a video --source with --url only)")
-    video.add_argument("--video-output", choices=VIDEO_OUTPUT_CHOICES,
+    video.add_argument("--video-output", choices=VIDEO_OUTPUTS,
                        help="which output becomes the video (default harmonized, the finished composite)")
     video.add_argument("--temporal-smoothing", action="store_true",
                        help="MODNet's one-frame-delay rule: a matte pixel that jumps away from both neighbouring "

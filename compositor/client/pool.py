@@ -55,6 +55,7 @@ from compositor.client.remote import (
     RequestTimeoutError,
     ServerUnavailableError,
     ServerUnreachableError,
+    check_retry_settings,
     normalize_url,
 )
 from compositor.results import CompositeResult
@@ -180,10 +181,7 @@ class CompositorPool:
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if retries < 0 or backoff_s < 0:
-            raise ValueError(f"retries and backoff_s must be >= 0, got {retries} and {backoff_s}")
+        check_retry_settings(timeout_s, retries, backoff_s)
         self.protocol = protocol
         self.urls = parse_urls(url, protocol)
         self.max_in_flight = max_in_flight
@@ -425,11 +423,7 @@ class CompositorPool:
                 server.probing = True
         for server in due:
             # A fresh connection: a gRPC channel that saw the server go keeps backing off its reconnects.
-            client = self._probe_client(server.url)
-            try:
-                ready = client.is_server_ready()
-            finally:
-                client.close()
+            ready = self._answers_ready(server)
             with self._lock:
                 server.probing = False
                 if ready:
@@ -444,6 +438,7 @@ class CompositorPool:
                 log.info("%s://%s answers ready again; sending requests to it", self.protocol, server.url)
 
     def _answers_ready(self, server: _Server) -> bool:
+        """Whether ``server`` answers ready now, asked over a fresh connection."""
         client = self._probe_client(server.url)
         try:
             return client.is_server_ready()

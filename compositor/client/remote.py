@@ -121,6 +121,14 @@ def normalize_url(url: str, protocol: str) -> str:
     return f"{host}:{port}"
 
 
+def check_retry_settings(timeout_s: float, retries: int, backoff_s: float) -> None:
+    """Raise ``ValueError`` unless ``timeout_s > 0`` and ``retries``, ``backoff_s >= 0`` (client and pool alike)."""
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if retries < 0 or backoff_s < 0:
+        raise ValueError(f"retries and backoff_s must be >= 0, got {retries} and {backoff_s}")
+
+
 def _split_host_port(text: str) -> tuple[str, str | None]:
     if text.startswith("["):  # [IPv6]:port
         host, _, rest = text.partition("]")
@@ -163,10 +171,7 @@ class CompositorClient:
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if retries < 0 or backoff_s < 0:
-            raise ValueError(f"retries and backoff_s must be >= 0, got {retries} and {backoff_s}")
+        check_retry_settings(timeout_s, retries, backoff_s)
         self.url = normalize_url(url, protocol)
         self.protocol = protocol
         self._model = model
