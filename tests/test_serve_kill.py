@@ -46,6 +46,17 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def start_serve(tmp_path: Path, stderr: int) -> tuple[subprocess.Popen, dict[str, int]]:
+    """``compositor serve`` on a two-instance identity repository in ``tmp_path``, on free ports."""
+    repository = write_identity_repository(tmp_path / "repository", instances=2)
+    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository),
+               "--log-file", str(tmp_path / "triton.log")]
+    for name, port in ports.items():
+        command += [f"--{name}-port", str(port)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True), ports
+
+
 def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> str:
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
@@ -64,13 +75,7 @@ def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> str
 
 @pytest.mark.triton
 def test_sigkill_of_the_serve_command_takes_triton_its_stubs_their_shared_memory_and_the_ports_with_it(tmp_path):
-    repository = write_identity_repository(tmp_path / "repository", instances=2)
-    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
-    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository),
-               "--log-file", str(tmp_path / "triton.log")]
-    for name, port in ports.items():
-        command += [f"--{name}-port", str(port)]
-    serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serve, ports = start_serve(tmp_path, stderr=subprocess.STDOUT)
     tree: list[psutil.Process] = []
     regions: list[Path] = []
     try:
@@ -105,14 +110,8 @@ def test_sigkill_of_the_serve_command_takes_triton_its_stubs_their_shared_memory
 def test_a_dead_model_process_stops_the_serve_command_so_health_checks_tell_the_truth(tmp_path):
     # Triton 2.51 neither restarts a dead stub nor stops answering ready (tests/test_faults.py shows
     # it); the serve command notices, stops Triton and exits non-zero, naming the model.
-    repository = write_identity_repository(tmp_path / "repository", instances=2)
-    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
-    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository),
-               "--log-file", str(tmp_path / "triton.log")]
-    for name, port in ports.items():
-        command += [f"--{name}-port", str(port)]
     # stdout carries "Triton ready"; the error goes to stderr, read whole once the command exits.
-    serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serve, ports = start_serve(tmp_path, stderr=subprocess.PIPE)
     tree: list[psutil.Process] = []
     try:
         wait_for_line(serve, "Triton ready", timeout_s=60)

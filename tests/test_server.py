@@ -27,39 +27,7 @@ from compositor.serving.installation import TritonNotFoundError, find_stub, find
 from compositor.serving.server import ServerStartError, TritonServer, free_port
 from compositor.serving.server_log import diagnose_log, new_log_path
 
-IDENTITY_CONFIG = """\
-name: "{name}"
-backend: "python"
-max_batch_size: 8
-input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-"""
-
-IDENTITY_MODEL = '''\
-import json
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        {fail}
-        config = json.loads(args["model_config"])
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
-        self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            array = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-            output = pb_utils.Tensor(self.output_name, np.ascontiguousarray(array, dtype=self.output_dtype))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
-        return responses
-'''
-
+from triton_probes import write_identity_repository
 
 ENSEMBLE_CONFIG = """\
 name: "identity_twice"
@@ -76,15 +44,6 @@ ensemble_scheduling {
   ]
 }
 """
-
-
-def write_identity_model(repository: Path, name: str = "identity", fail_in_initialize: bool = False) -> Path:
-    model_dir = repository / name
-    (model_dir / "1").mkdir(parents=True)
-    (model_dir / "config.pbtxt").write_text(IDENTITY_CONFIG.format(name=name))
-    fail = 'raise RuntimeError("deliberate failure in initialize")' if fail_in_initialize else "pass"
-    (model_dir / "1" / "model.py").write_text(IDENTITY_MODEL.format(fail=fail))
-    return repository
 
 
 def free_ports() -> dict[str, int]:
@@ -108,7 +67,7 @@ def assert_port_free(port: int) -> None:
 
 @pytest.fixture(scope="module")
 def identity_server(tmp_path_factory):
-    repository = write_identity_model(tmp_path_factory.mktemp("repository"))
+    repository = write_identity_repository(tmp_path_factory.mktemp("repository"))
     (repository / "identity_twice" / "1").mkdir(parents=True)
     (repository / "identity_twice" / "config.pbtxt").write_text(ENSEMBLE_CONFIG)
     with TritonServer(repository, **free_ports()) as server:
@@ -222,7 +181,7 @@ def test_an_inference_over_http_returns_the_input(identity_server):
 
 @pytest.mark.triton
 def test_a_busy_port_fails_fast_naming_the_port(tmp_path):
-    repository = write_identity_model(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository")
     ports = free_ports()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["http_port"]))
@@ -235,7 +194,7 @@ def test_a_busy_port_fails_fast_naming_the_port(tmp_path):
 
 @pytest.mark.triton
 def test_a_model_failing_to_load_fails_fast_with_its_name_and_the_log_is_kept_where_the_error_says(tmp_path):
-    repository = write_identity_model(tmp_path / "repository", name="broken", fail_in_initialize=True)
+    repository = write_identity_repository(tmp_path / "repository", name="broken", fail_in_initialize=True)
     server = TritonServer(repository, **free_ports())
     started = time.monotonic()
     with pytest.raises(ServerStartError, match=r"(?s)model 'broken' failed to load.*deliberate failure") as caught:
@@ -270,7 +229,7 @@ def test_a_missing_repository_is_a_clear_error(tmp_path):
 
 @pytest.mark.triton
 def test_stop_leaves_no_process_behind(tmp_path):
-    repository = write_identity_model(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository")
     server = TritonServer(repository, **free_ports()).start()
     tree = process_tree(server.pid)
     assert any("triton_python_backend_stub" in " ".join(p.cmdline()) for p in tree)
@@ -282,7 +241,7 @@ def test_stop_leaves_no_process_behind(tmp_path):
 
 @pytest.mark.triton
 def test_a_server_deaf_to_sigint_and_sigterm_is_killed_with_its_stubs_and_shared_memory(tmp_path):
-    repository = write_identity_model(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository")
     server = TritonServer(repository, **free_ports()).start()
     tree = process_tree(server.pid)
     stub_args = [p.cmdline() for p in tree if "triton_python_backend_stub" in " ".join(p.cmdline())]
@@ -346,7 +305,7 @@ def processes_serving(repository: Path) -> list[psutil.Process]:
 
 @pytest.mark.triton
 def test_the_serve_command_becomes_ready_and_exits_0_on_sigint(tmp_path):
-    repository = write_identity_model(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository")
     ports = free_ports()
     serve = ServeProcess(serve_command(repository, ports))
     try:
@@ -369,7 +328,7 @@ def test_the_serve_command_becomes_ready_and_exits_0_on_sigint(tmp_path):
 
 @pytest.mark.triton
 def test_a_sigint_while_the_serve_command_starts_leaves_no_server_behind(tmp_path):
-    repository = write_identity_model(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository")
     serve = ServeProcess(serve_command(repository, free_ports()))
     try:
         serve.wait_for("starting Triton")
@@ -382,7 +341,7 @@ def test_a_sigint_while_the_serve_command_starts_leaves_no_server_behind(tmp_pat
 
 @pytest.mark.triton
 def test_the_serve_command_reports_a_busy_port_and_exits_non_zero(tmp_path):
-    repository = write_identity_model(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository")
     ports = free_ports()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["grpc_port"]))
@@ -457,7 +416,7 @@ def test_a_corrupt_or_missing_model_file_in_a_repository_fails_the_start_naming_
 def test_a_server_started_from_a_worker_thread_outlives_the_thread(tmp_path):
     # The parent-death signal fires when the *thread* that forked exits; only the main thread's
     # servers get it, or a pool's worker thread ending would take its server with it.
-    repository = write_identity_model(tmp_path / "repository")
+    repository = write_identity_repository(tmp_path / "repository")
     started: list[TritonServer] = []
     worker = threading.Thread(target=lambda: started.append(TritonServer(repository, **free_ports()).start()))
     worker.start()

@@ -21,16 +21,11 @@ from onnx import TensorProto, helper
 
 from compositor.serving.server import TritonServer, free_port
 
+from triton_probes import IDENTITY_CONFIG
+
 pytestmark = pytest.mark.triton
 
-STAGE_CONFIG = """\
-name: "stage"
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU count: 1 } ]
-"""
+STAGE_CONFIG = IDENTITY_CONFIG.format(name="stage", instances=1)
 
 STAGE_MODEL = '''\
 import triton_python_backend_utils as pb_utils

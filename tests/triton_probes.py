@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 IDENTITY_CONFIG = """\
-name: "identity"
+name: "{name}"
 backend: "python"
 max_batch_size: 8
 input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
@@ -23,24 +23,42 @@ instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 """
 
 IDENTITY_MODEL = '''\
+import json
+
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        {fail}
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
+
     def execute(self, requests):
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
-            for r in requests
-        ]
+        responses = []
+        for request in requests:
+            array = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            output = pb_utils.Tensor(self.output_name, np.ascontiguousarray(array, dtype=self.output_dtype))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
+        return responses
 '''
 
 
-def write_identity_repository(root: Path, instances: int = 1) -> Path:
-    """A repository at ``root`` holding the ``identity`` model with ``instances`` model processes."""
-    model = root / "identity"
+def write_identity_repository(
+    root: Path, instances: int = 1, name: str = "identity", fail_in_initialize: bool = False
+) -> Path:
+    """A repository at ``root`` holding an identity model ``name`` with ``instances`` model processes.
+
+    With ``fail_in_initialize`` the model raises in ``initialize``, so it never becomes ready.
+    """
+    model = root / name
     (model / "1").mkdir(parents=True)
-    (model / "config.pbtxt").write_text(IDENTITY_CONFIG.format(instances=instances))
-    (model / "1" / "model.py").write_text(IDENTITY_MODEL)
+    (model / "config.pbtxt").write_text(IDENTITY_CONFIG.format(name=name, instances=instances))
+    fail = 'raise RuntimeError("deliberate failure in initialize")' if fail_in_initialize else "pass"
+    (model / "1" / "model.py").write_text(IDENTITY_MODEL.format(fail=fail))
     return root
 
 

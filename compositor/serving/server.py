@@ -31,6 +31,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+
 from compositor.errors import CompositorError
 from compositor.serving.installation import TritonInstallation, find_triton
 from compositor.serving.server_log import LogReader, diagnose_log, log_tail, new_log_path
@@ -454,44 +456,41 @@ def _is_ready(opener: urllib.request.OpenerDirector, url: str) -> bool:
         return False
 
 
-def _stub_processes(pgid: int) -> list[tuple[int, list[bytes]]]:
+def _stub_processes(pgid: int) -> list[tuple[int, list[str]]]:
     """``(pid, argv)`` of the Python-backend stubs in process group ``pgid``.
 
-    A stub's command line is ``triton_python_backend_stub MODEL.py SHM_REGION_NAME ...``.
+    A stub's command line is ``triton_python_backend_stub MODEL.py SHM_REGION_NAME ...``. The
+    process group, not the process tree, finds stubs whose server has already died.
     """
     stubs = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for process in psutil.process_iter(["cmdline"]):
         try:
-            # /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses.
-            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+            if os.getpgid(process.pid) != pgid:
                 continue
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
-        if len(argv) > 2 and argv[0].endswith(b"triton_python_backend_stub"):
-            stubs.append((int(proc.name), argv))
+        argv = process.info["cmdline"] or []
+        if len(argv) > 2 and argv[0].endswith("triton_python_backend_stub"):
+            stubs.append((process.pid, argv))
     return stubs
 
 
 def _stub_shm_regions(pgid: int) -> list[Path]:
     """The ``/dev/shm`` regions of the Python-backend stubs in process group ``pgid``."""
-    return [Path("/dev/shm") / os.fsdecode(argv[2]) for _, argv in _stub_processes(pgid)]
+    return [Path("/dev/shm") / argv[2] for _, argv in _stub_processes(pgid)]
 
 
-def _model_of(argv: list[bytes]) -> str:
+def _model_of(argv: list[str]) -> str:
     """The model a stub serves: ``.../<model>/<version>/model.py`` -> ``<model>``."""
-    return Path(os.fsdecode(argv[1])).parent.parent.name
+    return Path(argv[1]).parent.parent.name
 
 
 def _process_alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie (a dead child its parent has not reaped)."""
     try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return state != "Z"
 
 
 def _redact_secrets(argv: Sequence[str]) -> list[str]:
