@@ -8,7 +8,6 @@ wrong numpy answers with empty or malformed outputs).
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
@@ -27,7 +26,7 @@ from compositor.serving.installation import TritonNotFoundError, find_stub, find
 from compositor.serving.server import ServerStartError, TritonServer, free_port
 from compositor.serving.server_log import diagnose_log, new_log_path
 
-from triton_probes import write_identity_repository
+from triton_probes import ServeProcess, serve_command, write_identity_repository
 
 ENSEMBLE_CONFIG = """\
 name: "identity_twice"
@@ -254,45 +253,6 @@ def test_a_server_deaf_to_sigint_and_sigterm_is_killed_with_its_stubs_and_shared
     _, alive = psutil.wait_procs(tree, timeout=5)
     assert alive == []
     assert not shm_region.exists()
-
-
-def serve_command(repository: Path, ports: dict[str, int]) -> list[str]:
-    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository)]
-    for name, port in ports.items():
-        command += [f"--{name.replace('_', '-')}", str(port)]
-    return command
-
-
-class ServeProcess:
-    """``compositor serve`` in a subprocess, its combined output read line by line in a thread."""
-
-    def __init__(self, command: list[str]) -> None:
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.output: list[str] = []
-        self._lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self._lines.put(line)
-
-    def wait_for(self, text: str, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not any(text in line for line in self.output):
-            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.text}"
-            try:
-                self.output.append(self._lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
-            except queue.Empty:
-                pass
-
-    @property
-    def text(self) -> str:
-        return "".join(self.output)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def processes_serving(repository: Path) -> list[psutil.Process]:

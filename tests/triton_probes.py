@@ -2,11 +2,16 @@
 
 A repository with one Python-backend identity model starts in well under a second, so tests about
 the server process itself (signals, security options, dead model processes) use it instead of the
-compositing ensembles.
+compositing ensembles. ``ServeProcess`` runs ``compositor serve`` and reads what it prints.
 """
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -84,3 +89,42 @@ def http_status(url: str) -> int:
         return error.code
     except OSError:
         return -1
+
+
+def serve_command(repository: Path, ports: dict[str, int]) -> list[str]:
+    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository)]
+    for name, port in ports.items():
+        command += [f"--{name.replace('_', '-')}", str(port)]
+    return command
+
+
+class ServeProcess:
+    """``compositor serve`` in a subprocess, its combined output read line by line in a thread."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: list[str] = []
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def wait_for(self, text: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.output):
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.text}"
+            try:
+                self.output.append(self._lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

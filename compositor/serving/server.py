@@ -146,6 +146,7 @@ class TritonServer:
         self._stopped = False
         self._model_processes: dict[int, str] = {}
         self._stop_requested = False
+        self._launched_at = 0.0
 
     # --- addresses -------------------------------------------------------------------------------
 
@@ -176,10 +177,15 @@ class TritonServer:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def stopped(self) -> bool:
+        """Whether ``stop`` has run (an exit without it is the server's own doing)."""
+        return self._stopped
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> TritonServer:
-        """Launch the server and wait until it and all its models are ready.
+        """Launch the server and wait until it and all its models are ready (``launch`` + ``wait_until_ready``).
 
         Returns:
             ``self``.
@@ -190,6 +196,18 @@ class TritonServer:
                 to load, the server exited, or it was not ready within ``timeout_s``. The message
                 names the cause and ends with the tail of the server log.
             StartCancelled: ``request_stop`` was called before the server was ready.
+        """
+        self.launch()
+        return self.wait_until_ready(timeout_s)
+
+    def launch(self) -> TritonServer:
+        """Check the repository and ports, then start the server process without waiting for it.
+
+        Several servers launched one after the other, then waited for, load their models at the same
+        time (``compositor serve --replicas``), and all get ``PR_SET_PDEATHSIG`` from the main thread.
+
+        Raises:
+            TritonNotFoundError, ServerStartError: as ``start``, for what is found before launching.
         """
         if self._process is not None:
             raise RuntimeError("this TritonServer was already started")
@@ -209,7 +227,6 @@ class TritonServer:
         LOGGER.info("starting Triton: %s", " ".join(_redact_secrets(argv)))
         LOGGER.info("Triton log: %s", self._log_path)
 
-        started = time.monotonic()
         try:
             with open(self._log_path, "wb") as log:
                 self._process = subprocess.Popen(
@@ -225,8 +242,20 @@ class TritonServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
             raise ServerStartError(f"could not run {installation.binary}: {error}") from error
+        self._launched_at = time.monotonic()
         # Never leave a server behind when the interpreter exits without calling stop().
         atexit.register(self._stop_at_exit)
+        return self
+
+    def wait_until_ready(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> TritonServer:
+        """Wait until a launched server and all its models are ready; stop it if it fails to be.
+
+        Raises:
+            ServerStartError, StartCancelled: as ``start``.
+        """
+        if self._process is None:
+            raise RuntimeError("the server was not launched")
+        started = self._launched_at
         try:
             self._wait_until_ready(started + timeout_s, timeout_s)
         except BaseException:
