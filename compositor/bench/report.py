@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compositor.bench.workloads import CHAIN
+from compositor.spec import COMPOSITE, COMPOSITE_WITH_ALPHA
 from compositor.files import atomic_path, write_text
 
 
@@ -122,6 +123,49 @@ def update_readme(readme: Path, section: str) -> Path:
     if start < 0 or end < start:
         raise ValueError(f"{readme} has no performance markers ({README_START} ... {README_END})")
     return write_text(readme, text[:start] + section + text[end + len(README_END):])
+
+
+# --- Scaling out: replicas and model instances (benchmarks/replicas.sh) ------------------------------
+
+
+def scaling_table(runs: list[tuple[str, dict]]) -> str:
+    """One markdown table comparing deployments (each a ``compositor bench --modes triton`` report).
+
+    Args:
+        runs: ``(deployment label, report)`` pairs, in the order to show them.
+    """
+    first = runs[0][1]
+    header = first["machine"]
+    lines = [
+        f"Machine: {header['cpu_model']}, {header['cpu_cores']} cores, no GPU. Full chain through the Triton "
+        f"ensemble (python flavour, ONNX Runtime FP32), network resolution {first['settings']['resolution']}, "
+        f"batch {first['settings']['batch']}, closed-loop load (each client sends its next request when the "
+        "previous one is answered); several replicas are reached through the client's several-server mode.",
+        "",
+        "| deployment | concurrency | throughput (img/s) | p50 (ms) | p95 (ms) | p99 (ms) | server queue (ms) | server compute (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, report in runs:
+        for r in sorted(chain_rows(report), key=lambda row: row["concurrency"]):
+            queue_us, compute_us = _composing_models_time(r.get("server", {}))
+            lines.append(
+                f"| {label} | {r['concurrency']} | {r['perf_throughput']:.2f} | {r['perf_latency_p50']:.0f} | "
+                f"{r['perf_latency_p95']:.0f} | {r['perf_latency_p99']:.0f} | {queue_us / 1e3:.0f} | {compute_us / 1e3:.0f} |"
+            )
+    lines += [
+        "",
+        "Server queue and compute: per request, summed over the ensemble's steps (preprocess, the three networks, "
+        "postprocess), from Triton's statistics; the ensemble itself never queues.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _composing_models_time(server: dict) -> tuple[float, float]:
+    """Queue and compute microseconds per request, summed over the models an ensemble calls."""
+    steps = [times for model, times in server.items() if model not in (COMPOSITE.name, COMPOSITE_WITH_ALPHA.name)]
+    queue = sum(times["perf_server_queue"] for times in steps)
+    compute = sum(times[f"perf_server_compute_{part}"] for times in steps for part in ("input", "infer", "output"))
+    return queue, compute
 
 
 # --- The GPU benchmark (compositor bench-gpu) -----------------------------------------------------

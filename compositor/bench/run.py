@@ -42,7 +42,8 @@ class BenchSettings:
         load: measurement windows (``compositor.bench.load.LoadSettings``; concurrency is set per run).
         networks_alone: also time each network alone.
         onnx_dir: exported FP32 ONNX models; exported into a temporary folder when None.
-        url: a running Triton server's gRPC ``host:port``; one is started when None.
+        url: running Triton servers' gRPC ``host:port`` (several separated by commas); one is started
+            when None.
     """
 
     modes: tuple[str, ...] = MODES
@@ -102,6 +103,7 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
             "min_requests_per_window": settings.load.min_requests,
             "stability": settings.load.stability,
             "untrained_weights": list(networks.untrained),
+            "triton_servers": settings.url.split(",") if settings.url else "started by the benchmark",
         },
         "compute": {
             "gflops_per_image": flops,
@@ -122,7 +124,7 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
         for mode in settings.modes:
             if mode == "triton":
                 url, pid = stack.enter_context(triton_target.triton_endpoint(settings.url, onnx_dir, settings.resolution))
-                workloads = triton_target.triton_workloads(url, settings.batch, workload_names, inputs)
+                workloads = triton_target.triton_workloads(url, settings.batch, workload_names, inputs, stack)
             else:
                 url, pid = None, None
                 pipeline = reference if mode == "eager" else make_pipeline(mode, networks, settings.resolution, onnx_dir)

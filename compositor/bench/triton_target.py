@@ -1,8 +1,12 @@
 """The ``triton`` benchmark mode: a server to measure, its clients, and its side of the story.
 
-Either an already running server (``--url``) or one the benchmark starts from a generated
-``python``-flavour repository. Server-side timings come from Triton's statistics API, as deltas
-over each measurement, named as perf_analyzer / model_analyzer name them.
+Either already running servers (``--url``, one ``host:port`` or several separated by commas) or
+one the benchmark starts from a generated ``python``-flavour repository. With several servers the
+full chain goes through the client's several-server mode (``CompositorPool``: each request to the
+ready server with the fewest in flight), as ``compositor composite --url a,b`` sends it; each
+network alone is timed on the first server. Server-side timings come from Triton's statistics API,
+summed over the servers, as deltas over each measurement, named as perf_analyzer / model_analyzer
+name them.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import psutil
 import tritonclient.grpc
 
 from compositor.bench.workloads import CHAIN, Workload, sample_frames
+from compositor.client.pool import CompositorPool, parse_urls
 from compositor.client.remote import CompositorClient
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository
 from compositor.serving.server import TritonServer, free_port
-from compositor.spec import NETWORKS
+from compositor.spec import COMPOSITE, NETWORKS
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE = "composite"
+ENSEMBLE = COMPOSITE.name
 
 
 @contextlib.contextmanager
@@ -57,13 +62,26 @@ class ThreadClients:
         return self._local.client
 
 
-def triton_workloads(url: str, batch: int, workloads: tuple[str, ...], network_inputs: dict[str, list[np.ndarray]]) -> list[Workload]:
-    """Full chain through the ensemble, and each network model called alone."""
-    clients = ThreadClients(url)
+POOL_MAX_IN_FLIGHT = 64
+"""Worker threads of the several-server pool: more than any concurrency level the benchmark runs."""
+
+
+def triton_workloads(
+    url: str, batch: int, workloads: tuple[str, ...], network_inputs: dict[str, list[np.ndarray]], stack: contextlib.ExitStack
+) -> list[Workload]:
+    """Full chain through the ensemble, and each network model called alone.
+
+    Several servers in ``url``: the chain through a ``CompositorPool`` (closed with ``stack``).
+    """
+    urls = parse_urls(url, "grpc")
+    clients = ThreadClients(urls[0])
     source, background = sample_frames(batch)
     result = []
     for name in workloads:
-        if name == CHAIN:
+        if name == CHAIN and len(urls) > 1:
+            pool = stack.enter_context(CompositorPool(",".join(urls), max_in_flight=POOL_MAX_IN_FLIGHT))
+            call = lambda: pool.composite(source, background)  # noqa: E731
+        elif name == CHAIN:
             call = lambda: clients.get().composite(source, background)  # noqa: E731
         else:
             spec = NETWORKS[name]
@@ -74,18 +92,22 @@ def triton_workloads(url: str, batch: int, workloads: tuple[str, ...], network_i
 
 
 def statistics(url: str) -> dict[str, dict]:
-    """Cumulative per-model statistics: counts and nanoseconds."""
-    with tritonclient.grpc.InferenceServerClient(url) as client:
-        raw = client.get_inference_statistics(as_json=True)
-    stats = {}
-    for model in raw.get("model_stats", []):
-        inference = model.get("inference_stats", {})
-        stats[model["name"]] = {
-            "inference_count": int(model.get("inference_count", 0)),
-            "execution_count": int(model.get("execution_count", 0)),
-            **{f"{key}_ns": int(inference.get(key, {}).get("ns", 0)) for key in ("queue", "compute_input", "compute_infer", "compute_output")},
-            "success_count": int(inference.get("success", {}).get("count", 0)),
-        }
+    """Cumulative per-model statistics (counts and nanoseconds), summed over the servers in ``url``."""
+    stats: dict[str, dict] = {}
+    for one_url in parse_urls(url, "grpc"):
+        with tritonclient.grpc.InferenceServerClient(one_url) as client:
+            raw = client.get_inference_statistics(as_json=True)
+        for model in raw.get("model_stats", []):
+            inference = model.get("inference_stats", {})
+            counts = {
+                "inference_count": int(model.get("inference_count", 0)),
+                "execution_count": int(model.get("execution_count", 0)),
+                **{f"{key}_ns": int(inference.get(key, {}).get("ns", 0)) for key in ("queue", "compute_input", "compute_infer", "compute_output")},
+                "success_count": int(inference.get("success", {}).get("count", 0)),
+            }
+            total = stats.setdefault(model["name"], dict.fromkeys(counts, 0))
+            for key, value in counts.items():
+                total[key] += value
     return stats
 
 

@@ -9,6 +9,7 @@ Example:
   compositor bench --quick --json benchmarks/results/quick.json --markdown quick.md --plot quick.png
   compositor bench --modes onnxruntime,triton --concurrency 1,2,4 --duration-s 20 --json out.json
   compositor bench --modes triton --url 127.0.0.1:8001 --json remote.json   # a running server
+  compositor bench --modes triton --url 127.0.0.1:8001,127.0.0.1:8004 --no-networks --json two.json  # replicas
   benchmarks/cpu.sh     # the full run behind the README's table
 """
 
@@ -45,7 +46,11 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="short windows, concurrency 1,2: under 5 minutes on 2 cores")
     parser.add_argument("--no-networks", action="store_true", help="full chain only, not each network alone")
     parser.add_argument("--onnx", type=Path, help="exported FP32 ONNX folder (default: export into a temporary folder)")
-    parser.add_argument("--url", help="gRPC host:port of a running Triton server (default: start one)")
+    parser.add_argument(
+        "--url",
+        help="gRPC host:port of a running Triton server, or several separated by commas (the chain then goes "
+        "through the client's several-server mode; each network alone to the first) (default: start one)",
+    )
     parser.add_argument("--json", required=True, type=Path, help="results JSON (always has `results`)")
     parser.add_argument("--markdown", type=Path, help="also write the results table as markdown")
     parser.add_argument("--plot", type=Path, help="also write a throughput/latency plot (PNG)")
