@@ -4,8 +4,8 @@
 # (python flavour, 512x512, batch 1, closed-loop concurrency 1,2,4 by default), each measured with
 # `compositor bench --modes triton --url ...`; two replicas through the client's several-server mode.
 # Writes benchmarks/results/replicas-*.json and the comparison table benchmarks/results/replicas.md.
-# Run it on a quiet machine; about 10 minutes on 2 cores. Extra arguments go to every
-# `compositor bench` (e.g. --duration-s 3 --concurrency 1,2 for a quick look).
+# REPLICAS_OUT=DIR writes them there instead. Run it on a quiet machine; about 10 minutes on 2 cores.
+# Extra arguments go to every `compositor bench` (e.g. --duration-s 3 --concurrency 1,2 for a quick look).
 # Weights: as `compositor export` takes them (trained files in weights/, MODNet from $MODNET_CHECKPOINT).
 #
 # Usage: benchmarks/replicas.sh [--resolution 512] [compositor bench options...]
