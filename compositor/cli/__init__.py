@@ -23,6 +23,7 @@ COMMANDS = {
     "composite": "composite",
     "info": "info",
     "export": "export",
+    "engines": "engines",
     "repository": "repository",
     "serve": "serve",
     "bench": "bench",
