@@ -1,0 +1,70 @@
+"""Build the TensorRT engines for this machine's GPU from an export folder, or reuse cached ones.
+
+Engines are specific to the GPU model and the TensorRT version, so they are built where they
+run: from the FP16 ONNX files of a 'compositor export' folder (--onnx), with the same strongly
+typed recipe and profiles as 'compositor export --engines', into a folder of the cache (--cache)
+named after the GPU, its compute capability and the TensorRT version, e.g.
+<cache>/NVIDIA-H100-80GB-HBM3_sm90_trt10.5.0/. A complete folder built from the same ONNX files
+is reused at once; otherwise the engines are built into a temporary folder that is renamed into
+place when complete (engines.json, the manifest, is written last), so a killed build never leaves
+a half cache. The folder gets a copy of export_report.json and is an export folder for the
+tensorrt flavour. The folder's path is the last line printed.
+
+What the GPU image runs when it starts (deploy/docker/); it needs TensorRT >= 10 and a GPU.
+
+Exit status: 0 engines ready (built or reused); 2 bad input (not an export folder, missing FP16
+ONNX) or a failed build (nothing is left in the cache); 3 TensorRT or a GPU is missing here
+(nothing built; the reason is printed).
+
+Example:
+  compositor engines --onnx exported --cache /var/cache/compositor/engines
+  compositor repository --onnx "$(compositor engines --onnx exported --cache engines | tail -n 1)" --flavor tensorrt --out trt_repo
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from compositor.cli import CommandError, subcommand_parser
+
+CANNOT_BUILD_HERE = 3
+"""Exit status without TensorRT or without a GPU (as 'compositor export --engines' without TensorRT)."""
+
+
+def register(subparsers) -> None:
+    parser = subcommand_parser(subparsers, __name__, __doc__)
+    parser.add_argument("--onnx", required=True, type=Path, metavar="DIR",
+                        help="export folder with <name>.fp16.onnx and export_report.json")
+    parser.add_argument("--cache", type=Path, metavar="DIR",
+                        help="engine cache root (default $COMPOSITOR_ENGINE_CACHE, else /var/cache/compositor/engines)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    # Light imports only (json, ctypes): the GPU image runs this without torch.
+    from compositor.export import engine_cache
+    from compositor.export.layout import ExportReportError
+    from compositor.export.tensorrt import EngineBuildError, TensorRTUnavailableError, import_tensorrt
+
+    cache_root = args.cache or engine_cache.default_cache_root()
+    try:
+        # The export folder first: a wrong path is the user's to fix on any machine.
+        engine_cache.source_fingerprint(args.onnx)
+    except (ExportReportError, engine_cache.EngineCacheError) as error:
+        raise CommandError(str(error)) from error
+    try:
+        trt = import_tensorrt()
+        gpu = engine_cache.query_gpu()
+    except (TensorRTUnavailableError, engine_cache.GpuUnavailableError) as error:
+        print(f"no TensorRT engine was built: {error}", file=sys.stderr)
+        return CANNOT_BUILD_HERE
+    try:
+        result = engine_cache.ensure_engines(args.onnx, cache_root, gpu, str(trt.__version__))
+    except (engine_cache.EngineCacheError, EngineBuildError) as error:
+        raise CommandError(f"engine build failed: {error}") from error
+    verb = "reused" if result.reused else "built"
+    print(f"engines {verb} for {gpu.name} (sm {gpu.compute_capability[0]}.{gpu.compute_capability[1]}), "
+          f"TensorRT {trt.__version__}:")
+    print(result.folder)
+    return 0
