@@ -113,7 +113,7 @@ def test_a_replica_killed_mid_run_loses_no_request_and_is_started_again(triton_s
     http = free_port_block(6)
     command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository), "--replicas", "2",
                "--http-port", str(http), "--grpc-port", str(http + 1), "--metrics-port", str(http + 2),
-               "--log-file", str(tmp_path / "triton.log")]
+               "--log-file", str(tmp_path / "triton.log"), "--print-log"]
     serve = ServeProcess(command)
     urls = [f"127.0.0.1:{http + 1}", f"127.0.0.1:{http + 4}"]
     # Big enough frames that requests overlap (resizing dominates at a 64x64 network resolution).
@@ -142,6 +142,9 @@ def test_a_replica_killed_mid_run_loses_no_request_and_is_started_again(triton_s
         assert all(outcomes[key].server == urls[0] for key in resent)
 
         serve.wait_for("replica 1 restarted (1 of at most 5)", timeout_s=90)
+        # --print-log: each replica's log on stdout, its lines marked with the replica's number.
+        serve.wait_for("[replica 1] ", timeout_s=10)
+        assert any(line.startswith("[replica 0] ") and "successfully loaded 'composite'" in line for line in serve.output)
         assert victim.pid != tritonserver_on(http + 4).pid
         # The restarted replica and the survivor give the bytes every outcome got.
         for url in urls:

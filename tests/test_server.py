@@ -287,6 +287,21 @@ def test_the_serve_command_becomes_ready_and_exits_0_on_sigint(tmp_path):
 
 
 @pytest.mark.triton
+def test_print_log_copies_the_server_log_to_stdout_and_keeps_the_file(tmp_path):
+    repository = write_identity_repository(tmp_path / "repository")
+    log = tmp_path / "triton.log"
+    serve = ServeProcess(serve_command(repository, free_ports()) + ["--print-log", "--log-file", str(log)])
+    try:
+        serve.wait_for("successfully loaded 'identity'")  # a line only Triton's log has
+        serve.process.send_signal(signal.SIGINT)
+        assert serve.process.wait(timeout=30) == 0, serve.text
+        serve.wait_for("Triton stopped")
+    finally:
+        serve.kill()
+    assert "successfully loaded 'identity'" in log.read_text()
+
+
+@pytest.mark.triton
 def test_a_sigint_while_the_serve_command_starts_leaves_no_server_behind(tmp_path):
     repository = write_identity_repository(tmp_path / "repository")
     serve = ServeProcess(serve_command(repository, free_ports()))

@@ -9,7 +9,8 @@ fails to load ends the command within seconds with the reason (the tail of the s
 Ctrl-C or SIGTERM stops the server cleanly (exit code 0). The server log (Triton's and the models'
 output, with the traceback of any model error) is kept after the server stops, and its path
 printed: --log-file, or by default a new file in the folder compositor-triton-logs of the system's
-temporary directory.
+temporary directory. --print-log also copies it to stdout as it grows (for containers, where docker
+logs and kubectl logs show stdout).
 
 --replicas N starts N servers over the same repository, each on its own block of consecutive ports
 (with the defaults: replica 0 on 8000-8002, replica 1 on 8003-8005, ...), and prints the --url list
@@ -30,6 +31,7 @@ import contextlib
 import logging
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,7 +48,7 @@ from compositor.serving.server import (
     ServerStartError,
     TritonServer,
 )
-from compositor.serving.server_log import DEFAULT_LOG_DIR, KEPT_LOGS, log_tail
+from compositor.serving.server_log import DEFAULT_LOG_DIR, KEPT_LOGS, LogReader, log_tail
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,6 +93,12 @@ def register(subparsers) -> None:
         "server map any of its own /dev/shm regions)",
     )
     parser.add_argument(
+        "--print-log",
+        action="store_true",
+        help="also copy the server log to stdout as it grows (within 2 s), for containers: docker logs "
+        "and kubectl logs then show Triton's and the models' output; the log file is kept as well",
+    )
+    parser.add_argument(
         "--replicas",
         type=positive_int,
         default=1,
@@ -129,7 +137,7 @@ def run(args) -> int:
                 flush=True,
             )
             print(f"server log: {server.log_path}; press Ctrl-C to stop", flush=True)
-            returncode = _wait_watching_models(server)
+            returncode = _wait_watching_models(server, LogEcho(args.print_log))
             server.stop()
             if received:
                 name = signal.Signals(received[0]).name
@@ -204,7 +212,7 @@ def _run_replicas(args) -> int:
                 f"--url {','.join(replicas.grpc_urls())}; press Ctrl-C to stop",
                 flush=True,
             )
-            _keep_replicas_running(replicas, args, received)
+            _keep_replicas_running(replicas, args, received, LogEcho(args.print_log))
             replicas.stop()
             print(f"{signal.Signals(received[0]).name}: every replica stopped", flush=True)
             return 0
@@ -212,10 +220,12 @@ def _run_replicas(args) -> int:
             replicas.stop()
 
 
-def _keep_replicas_running(replicas: ReplicaSet, args, received: list[int]) -> None:
+def _keep_replicas_running(replicas: ReplicaSet, args, received: list[int], echo: LogEcho) -> None:
     """Until a stop signal: restart any replica that failed; give up when none is left running."""
     while not received:
         time.sleep(MODEL_CHECK_INTERVAL_S)
+        for replica, server in enumerate(replicas.servers):
+            echo(server, prefix=f"[replica {replica}] ")
         if received:
             return
         for replica, what in replicas.failures():
@@ -242,7 +252,24 @@ MODEL_CHECK_INTERVAL_S = 2.0
 """How often ``compositor serve`` checks that every model process is alive."""
 
 
-def _wait_watching_models(server) -> int:
+class LogEcho:
+    """``--print-log``: copies the new lines of each server's log to stdout (a no-op without it)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._readers: dict[Path, LogReader] = {}
+
+    def __call__(self, server, prefix: str = "") -> None:
+        if not self.enabled or server.log_path is None:
+            return
+        reader = self._readers.setdefault(server.log_path, LogReader(server.log_path, keep_text=False))
+        lines = reader.read_new_lines()
+        if lines:
+            sys.stdout.write("".join(prefix + line for line in lines.splitlines(keepends=True)))
+            sys.stdout.flush()
+
+
+def _wait_watching_models(server, echo: LogEcho) -> int:
     """Wait for Triton to exit; if a model process dies first, stop Triton and say so.
 
     Triton 2.51 keeps answering ready while a dead model process fails every request: stopping the
@@ -250,8 +277,11 @@ def _wait_watching_models(server) -> int:
     """
     while True:
         try:
-            return server.wait(timeout_s=MODEL_CHECK_INTERVAL_S)
+            returncode = server.wait(timeout_s=MODEL_CHECK_INTERVAL_S)
+            echo(server)
+            return returncode
         except subprocess.TimeoutExpired:
+            echo(server)
             dead = server.dead_model_processes()
         if dead:
             LOGGER.error("model process of %s died; stopping Triton (it would keep answering ready)", ", ".join(dead))

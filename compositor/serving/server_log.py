@@ -49,8 +49,10 @@ def _modified(path: Path) -> float:
 class LogReader:
     """Reads a growing log: only complete new lines each time, so a verbose log stays cheap."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_text: bool = True) -> None:
+        """``keep_text=False``: only follow the log (``text`` stays empty), for a server that runs for days."""
         self._path = path
+        self._keep_text = keep_text
         self._offset = 0
         self._partial = b""
         self._chunks: list[str] = []
@@ -70,7 +72,8 @@ class LogReader:
             return ""
         # The log can hold stray NUL bytes; never let decoding break the diagnosis.
         text = complete.decode("utf-8", errors="replace") + "\n"
-        self._chunks.append(text)
+        if self._keep_text:
+            self._chunks.append(text)
         return text
 
     @property
