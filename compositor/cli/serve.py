@@ -38,7 +38,7 @@ from pathlib import Path
 from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import positive_int
 from compositor.serving.installation import TritonNotFoundError
-from compositor.serving.replicas import ReplicaOptionsError, ReplicaSet
+from compositor.serving.replicas import ReplicaSet
 from compositor.serving.server import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
@@ -118,16 +118,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     if args.replicas > 1:
         return _run_replicas(args)
-    server = TritonServer(
-        args.repository,
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        log_path=args.log_file,
-        extra_args=args.triton_arg,
-        allow_shared_memory=args.allow_shared_memory,
-    )
+    server = TritonServer(args.repository, **_server_options(args))
     with _forwarding_stop_signals(server.request_stop) as received:
         try:
             if not _started(server, args, received):
@@ -150,6 +141,19 @@ def run(args) -> int:
             )
         finally:
             server.stop()  # reaps the server, kills leftover stubs, removes temporary files (not the log)
+
+
+def _server_options(args) -> dict:
+    """``TritonServer`` keywords from the command line (for ``ReplicaSet``: the first replica's)."""
+    return {
+        "host": args.host,
+        "grpc_port": args.grpc_port,
+        "http_port": args.http_port,
+        "metrics_port": args.metrics_port,
+        "log_path": args.log_file,
+        "extra_args": args.triton_arg,
+        "allow_shared_memory": args.allow_shared_memory,
+    }
 
 
 @contextlib.contextmanager
@@ -183,20 +187,7 @@ def _started(servers, args, received: list[int]) -> bool:
 
 
 def _run_replicas(args) -> int:
-    try:
-        replicas = ReplicaSet(
-            args.repository,
-            args.replicas,
-            host=args.host,
-            grpc_port=args.grpc_port,
-            http_port=args.http_port,
-            metrics_port=args.metrics_port,
-            log_path=args.log_file,
-            extra_args=args.triton_arg,
-            allow_shared_memory=args.allow_shared_memory,
-        )
-    except ReplicaOptionsError as error:
-        raise CommandError(str(error)) from None
+    replicas = ReplicaSet(args.repository, args.replicas, **_server_options(args))  # a bad layout: ReplicaOptionsError
     with _forwarding_stop_signals(replicas.request_stop) as received:
         try:
             if not _started(replicas, args, received):
