@@ -26,6 +26,8 @@ import tritonclient.utils
 from compositor.client.remote import CompositorClient
 from compositor.client.shared_memory import SharedMemoryError, SharedMemoryPool
 
+from triton_probes import interruptible
+
 pytestmark = pytest.mark.triton
 
 PROTOCOLS = ("grpc", "http")
@@ -299,7 +301,7 @@ def _run_child_until_it_loops(server, tmp_path, prefix: str, mode: str) -> tuple
     script.write_text(CHILD)
     child = subprocess.Popen(
         [sys.executable, str(script), server.grpc_url, prefix, mode],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )
     ready, _, _ = select.select([child.stdout], [], [], 120)
     if not ready:

@@ -8,6 +8,7 @@ compositing ensembles. ``ServeProcess`` runs ``compositor serve`` and reads what
 from __future__ import annotations
 
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -128,3 +129,14 @@ class ServeProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT, as Ctrl-C would.
+
+    A shell runs background jobs with SIGINT ignored, and children inherit that: a suite started
+    with ``&`` would see Ctrl-C tests hang. Python installs its KeyboardInterrupt handler only over
+    the default action, so the default is put back before the child starts.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
