@@ -302,3 +302,20 @@ def test_retries_are_honoured_and_every_server_down_is_an_error_naming_every_url
         no_retry.close()
         client_a.close()
         client_b.close()
+
+
+def test_each_worker_has_its_own_grpc_connection_so_a_connection_balancer_can_spread_them(server):
+    """gRPC would otherwise share one TCP connection among the workers' channels, and a Kubernetes
+    ClusterIP Service (which balances connections, not requests) would send every request to one pod."""
+    import psutil
+
+    port = int(server.grpc_url.rsplit(":", 1)[1])
+
+    def connections() -> int:
+        return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+                   if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+    with CompositorPool(server.grpc_url, max_in_flight=3) as pool:
+        outcomes = list(pool.map(mixed_requests(12)))
+        assert all(o.ok for o in outcomes)
+        assert connections() >= 3

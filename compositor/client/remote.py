@@ -191,7 +191,7 @@ class CompositorClient:
         if protocol == "grpc":
             import tritonclient.grpc as triton
 
-            self._client = triton.InferenceServerClient(self.url)
+            self._client = triton.InferenceServerClient(self.url, channel_args=_own_connection_channel_args(triton))
         else:
             import tritonclient.http as triton
 
@@ -540,3 +540,23 @@ def _reason(error: BaseException) -> str:
 
 def _field(entry, name: str) -> str:
     return entry.get(name, "") if isinstance(entry, dict) else getattr(entry, name, "")
+
+
+def _own_connection_channel_args(triton) -> list[tuple[str, object]]:
+    """tritonclient's default gRPC channel options, plus a TCP connection of this client's own.
+
+    gRPC lets channels with the same target and options share one connection (its global
+    subchannel pool): the worker clients of a ``CompositorPool`` would all ride one connection, and
+    a Kubernetes ClusterIP Service, which balances connections, would send all of them to one pod.
+    A local subchannel pool gives each client its own connection.
+    """
+    keepalive = triton.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
