@@ -3,8 +3,8 @@ image built and run with podman.
 
 Checked statically for both images: hadolint finds nothing; they run as uid/gid 10001, expose
 8000/8001/8002, ask Triton's /v2/health/ready in their health check and carry the provenance
-labels; the entry points parse; the GPU entry point gives tritonserver the flags ``compositor
-serve`` gives it; the pins agree with requirements.lock and the GPU image's TensorRT with its base
+labels; the entry points parse and exec ``compositor serve`` (over the GPU image's own Triton with
+``--triton-root``); the pins agree with requirements.lock and the GPU image's TensorRT with its base
 image. The slow test builds the CPU image from the session's 64x64 repository on a local Debian
 base image (no registry is reachable here), runs it and composites a photo through it.
 """
@@ -163,7 +163,7 @@ def test_the_entry_point_is_valid_strict_bash(image):
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in text
     assert script.stat().st_mode & 0o111, "executable"
-    assert re.search(r"^exec (compositor serve|tritonserver) ", text, re.MULTILINE), "the server replaces the shell (signals)"
+    assert re.search(r"^exec compositor serve ", text, re.MULTILINE), "the server replaces the shell (signals)"
 
 
 def test_the_cpu_entry_point_serves_the_baked_repository_on_all_interfaces():
@@ -173,24 +173,17 @@ def test_the_cpu_entry_point_serves_the_baked_repository_on_all_interfaces():
     assert "COPY ${MODEL_REPOSITORY} /opt/compositor/model_repository" in DOCKERFILES["cpu"].read_text()
 
 
-def test_the_gpu_entry_point_gives_tritonserver_the_flags_compositor_serve_gives_it(tmp_path):
-    from compositor.serving.installation import find_triton
-    from compositor.serving.server import RESTRICTED_API_HEADER, RESTRICTED_APIS, TritonServer
-
-    argv = TritonServer(tmp_path)._argv(find_triton(), tmp_path)
-    # Addresses, ports and paths differ in the container by design; every other flag must be there.
-    situational = ("--model-repository=", "--backend-directory=", "--cache-directory=", "--grpc-", "--http-address=",
-                   "--http-port=", "--metrics-", "--http-restricted-api=")
-    hardening = [arg for arg in argv[1:] if not arg.startswith(situational)]
+def test_the_gpu_entry_point_runs_the_images_triton_through_compositor_serve():
+    # The same flags, API locks and model-process watch as everywhere else come from serve itself;
+    # tests/test_installed_triton.py runs serve --triton-root over that container's layout.
     text = ENTRYPOINTS["gpu"].read_text()
-    assert hardening == ["--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
-                         "--disable-auto-complete-config"], "a new serve flag: add it to entrypoint-gpu.sh and here"
-    for flag in hardening:
-        assert f"  {flag} \\\n" in text, flag
-    assert f'restricted="{",".join(RESTRICTED_APIS)}:{RESTRICTED_API_HEADER}=${{secret}}"' in text
-    assert '--http-restricted-api="$restricted"' in text and '--grpc-restricted-protocol="$restricted"' in text
-    assert "secrets.token_hex(32)" in text
+    assert "exec compositor serve \\\n  --host 0.0.0.0 \\\n" in text
+    assert '--triton-root "${COMPOSITOR_TRITON_ROOT:-/opt/tritonserver}"' in text
+    assert '--repository "$repository"' in text and "--print-log" in text
+    commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not any(line.lstrip().startswith(("tritonserver", "exec tritonserver")) for line in commands)
     assert 'compositor engines --onnx "$export_dir" --cache "$cache"' in text
+    assert 'compositor repository --onnx "$engines" --flavor tensorrt' in text
     assert "cache=${COMPOSITOR_ENGINE_CACHE:-/var/cache/compositor/engines}" in text
 
 

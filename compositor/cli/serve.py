@@ -106,6 +106,14 @@ def register(subparsers) -> None:
         help="servers to start on consecutive port blocks (default 1; see above)",
     )
     parser.add_argument(
+        "--triton-root",
+        type=Path,
+        metavar="DIR",
+        help="run an installed Triton instead of the nvidia-pytriton wheel's, e.g. /opt/tritonserver in "
+        "NVIDIA's Triton container (bin/tritonserver; backends/ with every backend it has, the python "
+        "backend's stub included); the GPU image does so",
+    )
+    parser.add_argument(
         "--triton-arg",
         action="append",
         default=[],
@@ -153,6 +161,7 @@ def _server_options(args) -> dict:
         "log_path": args.log_file,
         "extra_args": args.triton_arg,
         "allow_shared_memory": args.allow_shared_memory,
+        "triton_root": args.triton_root,
     }
 
 

@@ -50,6 +50,8 @@ class TritonInstallation:
             directory of this interpreter's ``libpython3.X.so`` (the stub embeds Python).
         cache_dir: the wheel's response-cache implementations (``--cache-directory``).
         python_bin_dir: this interpreter's ``bin``; goes first on the server's ``PATH``.
+        backends_dir: an installed Triton's own ``backends`` folder (``find_installed_triton``),
+            used as it is; None for the wheel, whose Python backend gets a private folder.
     """
 
     binary: Path
@@ -58,13 +60,19 @@ class TritonInstallation:
     library_dirs: tuple[Path, ...]
     cache_dir: Path
     python_bin_dir: Path
+    backends_dir: Path | None = None
 
     def build_backend_directory(self, root: Path) -> Path:
         """Create ``root/python/`` with symlinks to the Python backend and the matching stub.
 
+        An installed Triton's own backends folder (every backend it ships: python, tensorrt,
+        onnxruntime, ...) is returned as it is instead.
+
         Returns:
-            ``root``, the value for ``--backend-directory``.
+            the value for ``--backend-directory``.
         """
+        if self.backends_dir is not None:
+            return self.backends_dir
         backend = root / "python"
         backend.mkdir(parents=True, exist_ok=True)
         sources = (
@@ -138,6 +146,37 @@ def find_triton() -> TritonInstallation:
         library_dirs=tuple(d for d in library_dirs if d is not None and d.is_dir()),
         cache_dir=root / "caches",
         python_bin_dir=python_bin_dir,
+    )
+
+
+def find_installed_triton(root: Path) -> TritonInstallation:
+    """A Triton installed as in NVIDIA's Triton Inference Server container (``/opt/tritonserver``).
+
+    ``root/bin/tritonserver``, and ``root/backends`` with the Python backend and its stub (built
+    for the Python that runs this package there). Its libraries are found through the environment
+    it was installed with (the container's), so none are added.
+
+    Raises:
+        TritonNotFoundError: a part is missing; the message names it.
+    """
+    root = Path(root)
+    python_backend_dir = root / "backends" / "python"
+    stub = python_backend_dir / "triton_python_backend_stub"
+    for required in (root / "bin" / "tritonserver", python_backend_dir / "libtriton_python.so", stub):
+        if not required.is_file():
+            raise TritonNotFoundError(
+                f"{root} is not a Triton installation: {required} is missing (expected the layout of "
+                "/opt/tritonserver in NVIDIA's Triton container: bin/tritonserver, backends/python/ with "
+                "libtriton_python.so and triton_python_backend_stub)"
+            )
+    return TritonInstallation(
+        binary=root / "bin" / "tritonserver",
+        python_backend_dir=python_backend_dir,
+        stub=stub,
+        library_dirs=(),
+        cache_dir=root / "caches",
+        python_bin_dir=Path(sys.executable).parent,
+        backends_dir=root / "backends",
     )
 
 

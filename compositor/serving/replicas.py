@@ -107,8 +107,8 @@ class ReplicaSet:
     Args:
         repository: the model repository every replica serves.
         replicas: how many servers.
-        host, grpc_port, http_port, metrics_port, log_path, extra_args, allow_shared_memory: as
-            ``TritonServer``'s; the ports and the log path are the first replica's.
+        host, grpc_port, http_port, metrics_port, log_path, extra_args, allow_shared_memory,
+            triton_root: as ``TritonServer``'s; the ports and the log path are the first replica's.
         max_restarts: restarts per replica before it is left down.
     """
 
@@ -123,6 +123,7 @@ class ReplicaSet:
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
         allow_shared_memory: bool = False,
+        triton_root: Path | None = None,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
     ) -> None:
         self.ports = replica_ports(grpc_port, http_port, metrics_port, replicas)
@@ -131,6 +132,7 @@ class ReplicaSet:
         self.log_path = log_path
         self.extra_args = tuple(extra_args)
         self.allow_shared_memory = allow_shared_memory
+        self.triton_root = triton_root
         self.max_restarts = max_restarts
         self.restarts = [0] * replicas
         self.servers = [self._server(i) for i in range(replicas)]
@@ -147,6 +149,7 @@ class ReplicaSet:
             log_path=replica_log_path(self.log_path, replica, len(self.ports), self.restarts[replica]),
             extra_args=self.extra_args,
             allow_shared_memory=self.allow_shared_memory,
+            triton_root=self.triton_root,
         )
 
     def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 
 from compositor.errors import CompositorError
-from compositor.serving.installation import TritonInstallation, find_triton
+from compositor.serving.installation import TritonInstallation, find_installed_triton, find_triton
 from compositor.serving.server_log import LogReader, diagnose_log, log_tail, new_log_path
 
 LOGGER = logging.getLogger(__name__)
@@ -119,6 +119,8 @@ class TritonServer:
         extra_args: more ``tritonserver`` arguments, appended last (so they can override ours).
         allow_shared_memory: let clients register system shared memory (off by default: any
             client that can reach the port could make the server map its own regions).
+        triton_root: an installed Triton to run instead of the wheel's, e.g. ``/opt/tritonserver``
+            in NVIDIA's container (``installation.find_installed_triton``).
     """
 
     def __init__(
@@ -131,8 +133,10 @@ class TritonServer:
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
         allow_shared_memory: bool = False,
+        triton_root: Path | None = None,
     ) -> None:
         self.repository = Path(repository)
+        self.triton_root = Path(triton_root) if triton_root is not None else None
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -213,7 +217,7 @@ class TritonServer:
             raise RuntimeError("this TritonServer was already started")
         _check_repository(self.repository)
         _check_ports_free(self.host, self._ports())
-        installation = find_triton()
+        installation = find_triton() if self.triton_root is None else find_installed_triton(self.triton_root)
         _warn_if_small_shm()
 
         self._workdir = Path(tempfile.mkdtemp(prefix="compositor-triton-"))
@@ -366,7 +370,7 @@ class TritonServer:
             str(installation.binary),
             f"--model-repository={self.repository.resolve()}",
             f"--backend-directory={backend_dir}",
-            f"--cache-directory={installation.cache_dir}",
+            *([f"--cache-directory={installation.cache_dir}"] if installation.cache_dir.is_dir() else []),
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
             f"--http-address={self.host}",

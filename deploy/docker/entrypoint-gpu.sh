@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # GPU image entry point: engines for this GPU (built once per GPU model and TensorRT version, kept
-# in the cache volume), the tensorrt repository generated from them, then tritonserver.
-#
-# tritonserver gets the flags `compositor serve` gives it (compositor/serving/server.py,
-# TritonServer._argv), checked against it by tests/test_deploy_docker.py:
-#   --model-control-mode=none           every model loaded at start, no load/unload over the API
-#   --strict-readiness=true             /v2/health/ready only once all models are ready
-#   --exit-on-error=true                a model that fails to load stops the server (and the pod)
-#   --disable-auto-complete-config      the generated configs are complete; never guessed
-#   --http-restricted-api / --grpc-restricted-protocol: shared-memory, trace and logging answer
-#     only requests with a header whose value is a random secret made here and shown to no one.
-# Triton's own defaults bind all interfaces, as a container should. Extra arguments go to tritonserver.
+# in the cache volume), the tensorrt repository generated from them, then the image's own Triton
+# (/opt/tritonserver) run by `compositor serve --triton-root`, so the container gets what
+# `compositor serve` gives everywhere: the same tritonserver flags (every model loaded at start and
+# no model control, strict readiness, exit on a model error, configs never auto-completed, the
+# shared-memory/trace/logging APIs locked behind a secret shown to no one), a watch on the model
+# processes (Triton 2.51 keeps answering ready after one died: serve stops it and exits 2, so the
+# container restarts), Triton's log on stdout (--print-log) and a clean stop on SIGTERM.
+# Extra arguments go to `compositor serve` (e.g. --triton-arg=--log-verbose=1).
 set -euo pipefail
 
 export_dir=${COMPOSITOR_EXPORT:-/opt/compositor/export}
@@ -23,18 +20,12 @@ instances=${COMPOSITOR_INSTANCES:-1}
 engines=$(compositor engines --onnx "$export_dir" --cache "$cache" | tail -n 1)
 compositor repository --onnx "$engines" --flavor tensorrt --instances "$instances" --out "$repository"
 
-secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-restricted="shared-memory,trace,logging:compositor-admin-key=${secret}"
-
-exec tritonserver \
-  --model-repository="$repository" \
-  --http-port="${COMPOSITOR_HTTP_PORT:-8000}" \
-  --grpc-port="${COMPOSITOR_GRPC_PORT:-8001}" \
-  --metrics-port="${COMPOSITOR_METRICS_PORT:-8002}" \
-  --model-control-mode=none \
-  --strict-readiness=true \
-  --exit-on-error=true \
-  --disable-auto-complete-config \
-  --http-restricted-api="$restricted" \
-  --grpc-restricted-protocol="$restricted" \
+exec compositor serve \
+  --host 0.0.0.0 \
+  --triton-root "${COMPOSITOR_TRITON_ROOT:-/opt/tritonserver}" \
+  --repository "$repository" \
+  --http-port "${COMPOSITOR_HTTP_PORT:-8000}" \
+  --grpc-port "${COMPOSITOR_GRPC_PORT:-8001}" \
+  --metrics-port "${COMPOSITOR_METRICS_PORT:-8002}" \
+  --log-file "${COMPOSITOR_LOG_FILE:-/tmp/compositor-triton.log}" --print-log \
   "$@"
