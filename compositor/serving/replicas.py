@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,6 @@ from compositor.serving.server import (
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_START_TIMEOUT_S,
-    LOOPBACK,
     ServerStartError,
     TritonServer,
 )
@@ -107,32 +105,27 @@ class ReplicaSet:
     Args:
         repository: the model repository every replica serves.
         replicas: how many servers.
-        host, grpc_port, http_port, metrics_port, log_path, extra_args, allow_shared_memory,
-            triton_root: as ``TritonServer``'s; the ports and the log path are the first replica's.
+        grpc_port, http_port, metrics_port, log_path: the first replica's (``TritonServer``'s).
         max_restarts: restarts per replica before it is left down.
+        server_options: the other ``TritonServer`` keywords (host, extra_args, allow_shared_memory,
+            triton_root), the same for every replica.
     """
 
     def __init__(
         self,
         repository: Path,
         replicas: int,
-        host: str = LOOPBACK,
         grpc_port: int = DEFAULT_GRPC_PORT,
         http_port: int = DEFAULT_HTTP_PORT,
         metrics_port: int = DEFAULT_METRICS_PORT,
         log_path: Path | None = None,
-        extra_args: Sequence[str] = (),
-        allow_shared_memory: bool = False,
-        triton_root: Path | None = None,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
+        **server_options,
     ) -> None:
         self.ports = replica_ports(grpc_port, http_port, metrics_port, replicas)
         self.repository = Path(repository)
-        self.host = host
         self.log_path = log_path
-        self.extra_args = tuple(extra_args)
-        self.allow_shared_memory = allow_shared_memory
-        self.triton_root = triton_root
+        self.server_options = server_options
         self.max_restarts = max_restarts
         self.restarts = [0] * replicas
         self.servers = [self._server(i) for i in range(replicas)]
@@ -142,14 +135,11 @@ class ReplicaSet:
         ports = self.ports[replica]
         return TritonServer(
             self.repository,
-            host=self.host,
             grpc_port=ports.grpc,
             http_port=ports.http,
             metrics_port=ports.metrics,
             log_path=replica_log_path(self.log_path, replica, len(self.ports), self.restarts[replica]),
-            extra_args=self.extra_args,
-            allow_shared_memory=self.allow_shared_memory,
-            triton_root=self.triton_root,
+            **self.server_options,
         )
 
     def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
