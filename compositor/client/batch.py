@@ -29,6 +29,7 @@ import numpy as np
 from compositor import imaging
 from compositor.client.pool import CompositeRequest, CompositorPool
 from compositor.errors import CompositorError
+from compositor.files import current_umask
 from compositor.media.folders import FolderItem
 
 log = logging.getLogger(__name__)
@@ -149,13 +150,10 @@ def write_item(folder: Path, result) -> Path:
     temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=parent))
     previous = None
     try:
-        imaging.write_image(temporary / "alpha.png", result.alpha)
-        imaging.write_image(temporary / "blended.png", result.blended)
-        imaging.write_image(temporary / "harmonized.png", result.harmonized)
+        for name in OUTPUT_FILES:
+            imaging.write_image(temporary / name, getattr(result, Path(name).stem))
         # mkdtemp makes the folder private (0700); give it the permissions a plain mkdir would.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o777 & ~mask)
+        os.chmod(temporary, 0o777 & ~current_umask())
         if folder.exists():
             previous = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=parent))
             os.replace(folder, previous / folder.name)

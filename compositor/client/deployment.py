@@ -30,10 +30,6 @@ from compositor.spec import COMPOSITE, COMPOSITE_WITH_ALPHA, MAX_IMAGE_SIDE, NET
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_SIDE_PARAMETER = getattr(conventions, "MAX_IMAGE_SIDE_PARAMETER", "max_image_side")
-"""``preprocess`` config parameter that, when a deployment sets it, overrides ``spec.MAX_IMAGE_SIDE``."""
-
-
 class DeploymentError(ModelNotReadyError):
     """The server answers but does not serve a compositing ensemble that the client can use."""
 
@@ -101,12 +97,12 @@ def read_deployment(triton_client, protocol: str, url: str, timeout_s: float | N
     kwargs = {"client_timeout": timeout_s} if protocol == "grpc" and timeout_s is not None else {}
     where = f"{protocol}://{url}"
 
-    def config_of(model: str) -> tuple[dict, dict]:
+    def config_of(model: str) -> dict:
         if protocol == "grpc":
             raw = triton_client.get_model_config(model, as_json=True, **kwargs)
         else:  # HTTP answers JSON already
             raw = triton_client.get_model_config(model)
-        return raw, _unwrap(raw)
+        return _unwrap(raw)
 
     index = triton_client.get_model_repository_index(as_json=True, **kwargs) if protocol == "grpc" else triton_client.get_model_repository_index()
     entries = index.get("models", []) if isinstance(index, dict) else index
@@ -114,7 +110,7 @@ def read_deployment(triton_client, protocol: str, url: str, timeout_s: float | N
     configs = {}
     for name in ready:
         configs[name] = config_of(name)
-    ensembles = [name for name in ready if configs[name][1].get("platform") == "ensemble"]
+    ensembles = [name for name in ready if configs[name].get("platform") == "ensemble"]
     composite = _find_ensemble(ensembles, configs, COMPOSITE)
     with_alpha = _find_ensemble(ensembles, configs, COMPOSITE_WITH_ALPHA)
     if composite is None:
@@ -124,12 +120,12 @@ def read_deployment(triton_client, protocol: str, url: str, timeout_s: float | N
             "is the server running the compositor repository?"
         )
 
-    composite_config = configs[composite][1]
+    composite_config = configs[composite]
     steps = [step["model_name"] for step in composite_config.get("ensemble_scheduling", {}).get("step", [])]
     for step in steps:
         if step not in configs:  # a step model that is not ready would have kept the ensemble from loading
             configs[step] = config_of(step)
-    roles = {_role(configs[step][1]): step for step in steps}
+    roles = {_role(configs[step]): step for step in steps}
     missing = [role for role in (PREPROCESS.name, *NETWORKS) if role not in roles]
     if missing:
         raise DeploymentError(
@@ -137,16 +133,15 @@ def read_deployment(triton_client, protocol: str, url: str, timeout_s: float | N
             f"(its steps: {', '.join(steps)}); it is not a compositor deployment this client knows"
         )
 
-    preprocess = configs[roles[PREPROCESS.name]][1]
+    preprocess = configs[roles[PREPROCESS.name]]
     parameters = _parameters(preprocess)
     if conventions.RESOLUTION_PARAMETER in parameters:
         resolution = parse_resolution(parameters[conventions.RESOLUTION_PARAMETER])
     else:  # older repositories: the matting network's input is fixed at the resolution
-        resolution = tuple(int(d) for d in configs[roles["matting"]][1]["input"][0]["dims"][1:3])
-    max_image_side = int(parameters.get(MAX_IMAGE_SIDE_PARAMETER, MAX_IMAGE_SIDE))
+        resolution = tuple(int(d) for d in configs[roles["matting"]]["input"][0]["dims"][1:3])
 
     networks = {name: roles[name] for name in NETWORKS}
-    provenance = {name: weights_provenance.provenance_from_config(configs[model][0]) for name, model in networks.items()}
+    provenance = {name: weights_provenance.provenance_from_config(configs[model]) for name, model in networks.items()}
     deployment = Deployment(
         url=url,
         protocol=protocol,
@@ -154,7 +149,6 @@ def read_deployment(triton_client, protocol: str, url: str, timeout_s: float | N
         composite_with_alpha=with_alpha,
         max_batch_size=int(composite_config.get("max_batch_size", 0)),
         resolution=resolution,
-        max_image_side=max_image_side,
         networks=networks,
         provenance=provenance,
     )
@@ -184,7 +178,7 @@ def _spec_signature(model: ModelSpec) -> tuple[frozenset, frozenset]:
 
 def _find_ensemble(ensembles: list[str], configs: dict, model: ModelSpec) -> str | None:
     """The ensemble whose inputs and outputs are ``model``'s; the one of the spec's name if several are."""
-    matches = [name for name in ensembles if _signature(configs[name][1]) == _spec_signature(model)]
+    matches = [name for name in ensembles if _signature(configs[name]) == _spec_signature(model)]
     if len(matches) > 1:
         chosen = model.name if model.name in matches else matches[0]
         log.warning("several ensembles have the signature of %s (%s); using %s", model.name, ", ".join(matches), chosen)

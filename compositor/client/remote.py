@@ -58,8 +58,6 @@ HEALTH_TIMEOUT_S = 2.0
 """Upper bound of a health probe: a live server answers in milliseconds."""
 START_HINT = "is the server running? start it with `compositor serve --repository model_repository`"
 
-SHARED_MEMORY_PREFIX = "compositor"
-"""Region names start with it (``/dev/shm/compositor_<pid>_...``)."""
 
 
 class ClientError(CompositorError, RuntimeError):
@@ -346,7 +344,7 @@ class CompositorClient:
         return {name: value[0] for name, value in outputs.items()} if single else outputs
 
     def _check_limits(self, frames: dict[str, np.ndarray]) -> None:
-        """The deployment's own limits (they may differ from the spec's defaults)."""
+        """The deployment's own batch limit (the image-side limit is the spec's: ``imaging.check_inputs``)."""
         deployment = self.deployment
         batch = frames["source"].shape[0]
         if deployment.max_batch_size and batch > deployment.max_batch_size:
@@ -354,13 +352,6 @@ class CompositorClient:
                 f"source: batch {batch} is more than the {deployment.max_batch_size} frames per request that "
                 f"{self.where} accepts; send smaller batches"
             )
-        for name, value in frames.items():
-            height, width = value.shape[1:3]
-            if max(height, width) > deployment.max_image_side:
-                raise imaging.ImageError(
-                    f"{name}: {width}x{height} (width x height) exceeds the {deployment.max_image_side}-pixel side "
-                    f"limit of {self.where}"
-                )
 
     def infer(
         self,
@@ -406,7 +397,7 @@ class CompositorClient:
             from compositor.client.shared_memory import SharedMemoryPool
 
             # Region names add the process id and a pool number: unique per client.
-            self._shm_pool = SharedMemoryPool(self._client, self.protocol, SHARED_MEMORY_PREFIX, timeout_s=self.timeout_s)
+            self._shm_pool = SharedMemoryPool(self._client, self.protocol, timeout_s=self.timeout_s)
         return self._shm_pool
 
     def _send(self, model, inputs, output_names, output_shapes, shm) -> dict[str, np.ndarray]:

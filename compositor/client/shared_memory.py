@@ -118,10 +118,6 @@ class SharedMemoryPool:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def region_names(self) -> list[str]:
         """Names of the regions this pool holds now (each also a file in ``/dev/shm``)."""
         return [region.name for region in self._regions.values()]

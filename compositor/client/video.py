@@ -49,7 +49,6 @@ class VideoSummary:
     smoothing: bool = False
     rerequested: int = 0
     smoothed_pixels: int = 0
-    audio_packets: int = 0
 
     def line(self) -> str:
         """``N frames in T s (X frames/s)``, and what temporal smoothing did when it was on."""
@@ -185,7 +184,6 @@ def composite_video(
             raise FrameFailedError(f"{source_path}: frames {sorted(frames)} got no answer")
         if summary.frames == 0:
             raise FrameFailedError(f"{source_path}: has no video frames")
-        summary.audio_packets = writer.audio_packets
     if backgrounds is not None:
         backgrounds.close()  # closes the background video's decoder now, not at garbage collection
     summary.seconds = time.perf_counter() - started

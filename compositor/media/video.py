@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from compositor.errors import CompositorError
+from compositor.files import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,12 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """One decoded frame: uint8 RGB ``[H, W, 3]`` and its presentation time in ``time_base`` units."""
+    """One decoded frame: uint8 RGB ``[H, W, 3]`` and its presentation time in the stream's
+    ``VideoInfo.time_base`` units."""
 
     index: int
     image: np.ndarray
     pts: int | None
-    time_base: Fraction
 
 
 def _open(path: Path):
@@ -119,7 +120,7 @@ def read_frames(path: str | Path) -> Iterator[DecodedFrame]:
         stream.thread_type = "AUTO"
         try:
             for index, frame in enumerate(container.decode(stream)):
-                yield DecodedFrame(index, frame.to_ndarray(format="rgb24"), frame.pts, Fraction(stream.time_base))
+                yield DecodedFrame(index, frame.to_ndarray(format="rgb24"), frame.pts)
         except av.FFmpegError as error:
             raise VideoError(f"{path}: decoding failed ({error})") from None
     finally:
@@ -191,7 +192,6 @@ class VideoWriter:
         self._temporary = Path(name)
         self._closed = False
         self.frames_written = 0
-        self.audio_packets = 0
         try:
             self._container = av.open(str(self._temporary), "w", format=container_format)
             self._video = self._container.add_stream(self.codec, rate=info.frame_rate)
@@ -271,7 +271,6 @@ class VideoWriter:
                 return
             packet.stream = self._audio
             self._container.mux(packet)
-            self.audio_packets += 1
 
     def close(self) -> Path:
         """Flush the encoder, copy the rest of the audio, and move the file into place; returns ``path``."""
@@ -284,9 +283,7 @@ class VideoWriter:
             self._container.close()
             self._close_audio_input()
             # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(self._temporary, 0o666 & ~mask)
+            os.chmod(self._temporary, 0o666 & ~current_umask())
             os.replace(self._temporary, self.path)
         except BaseException:
             self._discard()
