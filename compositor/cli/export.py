@@ -34,6 +34,7 @@ from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args, positive_int
+from compositor.client import provenance as weights_provenance
 from compositor.spec import DEFAULT_MAX_BATCH
 
 
@@ -105,8 +106,6 @@ def summary(report: dict, out: Path) -> str:
             lines.append(f"  {'':<14} TensorRT {entry['files']['plan']}: parity against ONNX Runtime FP32 passed")
     provenance = report.get("weights", {}).get("provenance", {})
     if provenance:
-        lines.append("  weights: " + "; ".join(
-            f"{name} {record['kind']}" + (f" ({record['file']}, sha256 {record['sha256'][:12]})" if record.get("sha256") else "")
-            for name, record in provenance.items()
-        ) + " (recorded in the report; 'compositor repository --onnx' copies it into the configs)")
+        lines.append(f"  weights: {weights_provenance.summary(provenance)} (recorded in the report; "
+                     "'compositor repository --onnx' copies it into the configs)")
     return "\n".join(lines)

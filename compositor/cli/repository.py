@@ -27,6 +27,7 @@ from pathlib import Path
 
 from compositor.cli import subcommand_parser
 from compositor.cli.options import non_negative_int, positive_int, resolution_argument
+from compositor.client import provenance as weights_provenance
 from compositor.serving.conventions import DEFAULT_INTRA_OP_THREADS, DEFAULT_MAX_QUEUE_DELAY_US, FLAVORS
 from compositor.spec import DEFAULT_MAX_BATCH, DEFAULT_RESOLUTION, format_resolution
 
@@ -80,11 +81,8 @@ def run(args) -> int:
     result = generate_repository(args.out, options, export_dir=args.onnx, configs_only=args.configs_only)
     print(f"{result.root}: {', '.join(result.models)} ({options.flavor} flavour, "
           f"network resolution {format_resolution(options.resolution)}, max batch {options.max_batch}{source})")
-    print("weights: " + "; ".join(
-        f"{name} {record['kind']}" + (f" ({record['file']}, sha256 {record['sha256'][:12]})" if record.get("sha256") else "")
-        for name, record in result.provenance.items()
-    ) + f" (recorded in the configs and {result.root / PROVENANCE_FILE})")
-    untrained = [name for name, record in result.provenance.items() if record["kind"] == "untrained"]
+    print(f"weights: {weights_provenance.summary(result.provenance)} (recorded in the configs and {result.root / PROVENANCE_FILE})")
+    untrained = weights_provenance.untrained_networks(result.provenance)
     if untrained:
         log.warning("UNTRAINED weights in this repository for: %s (clients will warn about it)", ", ".join(untrained))
     if result.model_files_missing:

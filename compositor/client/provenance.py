@@ -19,19 +19,12 @@ import json
 import logging
 import threading
 
-from compositor.serving.conventions import PROVENANCE_KINDS, PROVENANCE_PARAMETER
+from compositor.serving.conventions import PROVENANCE_FIELDS, PROVENANCE_KINDS, PROVENANCE_PARAMETER, unknown_provenance
 
 log = logging.getLogger("compositor.client")
 
-FIELDS = ("kind", "file", "sha256", "note")
-
 _warned_urls: set[str] = set()
 _warned_lock = threading.Lock()
-
-
-def unknown(note: str) -> dict:
-    """A record of kind ``unknown`` with ``note`` saying why."""
-    return {"kind": "unknown", "file": None, "sha256": None, "note": note}
 
 
 def provenance_from_config(config: dict) -> dict:
@@ -51,16 +44,24 @@ def provenance_from_config(config: dict) -> dict:
     parameter = (config.get("parameters") or {}).get(PROVENANCE_PARAMETER)
     name = config.get("name", "?")
     if parameter is None:
-        return unknown(f"model {name!r} has no {PROVENANCE_PARAMETER} parameter (repository generated before it was recorded)")
+        return unknown_provenance(f"model {name!r} has no {PROVENANCE_PARAMETER} parameter (repository generated before it was recorded)")
     # gRPC's JSON keeps the proto field names (string_value); accept the camelCase form too.
     text = parameter.get("string_value", parameter.get("stringValue")) if isinstance(parameter, dict) else None
     try:
         record = json.loads(text)
     except (TypeError, ValueError) as error:
-        return unknown(f"model {name!r}: unreadable {PROVENANCE_PARAMETER} ({type(error).__name__}: {error})")
+        return unknown_provenance(f"model {name!r}: unreadable {PROVENANCE_PARAMETER} ({type(error).__name__}: {error})")
     if not isinstance(record, dict) or record.get("kind") not in PROVENANCE_KINDS:
-        return unknown(f"model {name!r}: {PROVENANCE_PARAMETER} is not a provenance record: {text[:200]}")
-    return {key: record.get(key) for key in FIELDS}
+        return unknown_provenance(f"model {name!r}: {PROVENANCE_PARAMETER} is not a provenance record: {text[:200]}")
+    return {key: record.get(key) for key in PROVENANCE_FIELDS}
+
+
+def summary(provenance_by_network: dict[str, dict]) -> str:
+    """One line: each network's kind, with its file and the start of its SHA-256 when there is one."""
+    return "; ".join(
+        f"{name} {record['kind']}" + (f" ({record['file']}, sha256 {record['sha256'][:12]})" if record.get("sha256") else "")
+        for name, record in provenance_by_network.items()
+    )
 
 
 def untrained_networks(provenance_by_network: dict[str, dict]) -> list[str]:

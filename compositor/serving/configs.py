@@ -36,9 +36,11 @@ from compositor.serving.conventions import (
     DEFAULT_MAX_QUEUE_DELAY_US,
     FLAVORS,
     INTRA_OP_THREADS_PARAMETER,
+    PROVENANCE_FIELDS,
     PROVENANCE_KINDS,
     PROVENANCE_PARAMETER,
     RESOLUTION_PARAMETER,
+    unknown_provenance,
 )
 from compositor.serving.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
 from compositor.spec import (
@@ -149,14 +151,6 @@ NO_EXPORT_NOTE = (
 )
 """Note of the ``unknown`` provenance a repository gets when it is generated without an export."""
 
-PROVENANCE_FIELDS = ("kind", "file", "sha256", "note")
-
-
-def unknown_provenance(note: str = NO_EXPORT_NOTE) -> dict:
-    """A provenance record of kind ``unknown``: nothing is known about the weights but ``note``."""
-    return {"kind": "unknown", "file": None, "sha256": None, "note": note}
-
-
 def provenance_json(record: dict) -> str:
     """The ``PROVENANCE_PARAMETER`` value: the record's four fields, in order, as compact JSON.
 
@@ -175,7 +169,7 @@ def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dic
 
     Networks take fixed-size tensors at the network resolution, so Triton's dynamic batcher can
     merge requests of any original frame size into one execution. ``provenance`` (where the
-    weights came from; ``unknown_provenance()`` if None) goes in as ``PROVENANCE_PARAMETER``.
+    weights came from; unknown, with ``NO_EXPORT_NOTE``, if None) goes in as ``PROVENANCE_PARAMETER``.
     """
     config = {"name": model.name}
     if options.flavor == "python":
@@ -199,7 +193,7 @@ def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dic
     parameters = {}
     if options.flavor in ("python", "onnxruntime") and not options.trt_accelerator:
         parameters[INTRA_OP_THREADS_PARAMETER] = str(options.intra_op_threads)
-    parameters[PROVENANCE_PARAMETER] = provenance_json(provenance if provenance is not None else unknown_provenance())
+    parameters[PROVENANCE_PARAMETER] = provenance_json(provenance if provenance is not None else unknown_provenance(NO_EXPORT_NOTE))
     config["parameters"] = _parameters(parameters)
     return config
 
@@ -276,7 +270,7 @@ def repository_configs(options: RepositoryOptions, provenance: dict[str, dict] |
     Args:
         options: flavour, resolution, batching and instance settings.
         provenance: per network, where its weights came from (an export's records); a network
-            missing here gets ``unknown_provenance()``.
+            missing here gets an unknown record (``NO_EXPORT_NOTE``).
     """
     provenance = provenance or {}
     configs = {PREPROCESS.name: preprocess_config(options)}

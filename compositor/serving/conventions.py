@@ -39,3 +39,12 @@ PROVENANCE_KINDS = ("trained", "published_checkpoint", "untrained", "unknown")
 """``trained``: our safetensors file (``weights/``); ``published_checkpoint``: a MODNet checkpoint in
 the published format; ``untrained``: the seeded initialisation; ``unknown``: not recorded (a
 repository generated without an export, or from an export made before provenance was recorded)."""
+
+PROVENANCE_FIELDS = ("kind", "file", "sha256", "note")
+"""The fields of a provenance record, in the order they are written."""
+
+
+def unknown_provenance(note: str) -> dict:
+    """A provenance record of kind ``unknown``: nothing is known about the weights but ``note``."""
+    return {"kind": "unknown", "file": None, "sha256": None, "note": note}
+

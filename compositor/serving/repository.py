@@ -32,15 +32,15 @@ from pathlib import Path
 from compositor.errors import CompositorError
 from compositor.files import atomic_path, write_text
 from compositor.export.layout import REPORT_FILE, ExportReportError, fp32_file, plan_file, read_report
-from compositor.serving.configs import (
+from compositor.serving.configs import NO_EXPORT_NOTE, RepositoryOptions, RepositoryOptionsError, repository_configs, to_pbtxt
+from compositor.serving.conventions import (
+    MODEL_FILE,
     PROVENANCE_FIELDS,
-    RepositoryOptions,
-    RepositoryOptionsError,
-    repository_configs,
-    to_pbtxt,
+    PROVENANCE_KINDS,
+    PROVENANCE_PARAMETER,
+    VERSION,
     unknown_provenance,
 )
-from compositor.serving.conventions import MODEL_FILE, PROVENANCE_KINDS, PROVENANCE_PARAMETER, VERSION
 from compositor.serving.stages import POSTPROCESS, PREPROCESS
 from compositor.spec import NETWORKS, ModelSpec, format_resolution, parse_resolution
 
@@ -187,7 +187,7 @@ def provenance_markdown(provenance: dict[str, dict], header: str) -> str:
         "|---|---|---|---|---|",
     ]
     for name in NETWORKS:
-        record = provenance.get(name) or unknown_provenance()
+        record = provenance.get(name) or unknown_provenance(NO_EXPORT_NOTE)
         cells = [name, record["kind"], record.get("file") or "-", record.get("sha256") or "-", record.get("note") or ""]
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -308,7 +308,7 @@ def generate_repository(
         ConfigSchemaError: a config does not fit Triton's schema (a bug in the generator).
     """
     out = Path(out)
-    provenance = export_provenance(Path(export_dir)) if export_dir else {name: unknown_provenance() for name in NETWORKS}
+    provenance = export_provenance(Path(export_dir)) if export_dir else {name: unknown_provenance(NO_EXPORT_NOTE) for name in NETWORKS}
     configs = repository_configs(options, provenance)  # validates every config before anything is written
     texts = {name: to_pbtxt(config) for name, config in configs.items()}
     model_files = _find_model_files(Path(export_dir) if export_dir else None, options, configs_only)
