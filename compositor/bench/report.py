@@ -119,10 +119,19 @@ def readme_section(report: dict, json_path: str, plot_path: str | None) -> str:
 def update_readme(readme: Path, section: str) -> Path:
     """Replace the text between the performance markers of ``readme`` with ``section``."""
     text = readme.read_text()
+    span = readme_section_span(text)
+    if span is None:
+        raise ValueError(f"{readme} has no performance markers ({README_START} ... {README_END})")
+    return write_text(readme, text[:span[0]] + section + text[span[1]:])
+
+
+def readme_section_span(text: str) -> tuple[int, int] | None:
+    """Where the generated performance section lies in ``text`` (both markers included), or None
+    when the markers are missing or out of order."""
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
-        raise ValueError(f"{readme} has no performance markers ({README_START} ... {README_END})")
-    return write_text(readme, text[:start] + section + text[end + len(README_END):])
+        return None
+    return start, end + len(README_END)
 
 
 # --- Scaling out: replicas and model instances (benchmarks/replicas.sh) ------------------------------

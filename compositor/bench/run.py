@@ -20,7 +20,7 @@ from compositor.bench import MODES, triton_target
 from compositor.bench.load import LoadSettings, measure
 from compositor.bench.machine import machine_header
 from compositor.bench.report import ratios
-from compositor.bench.workloads import CHAIN, in_process_workloads, make_pipeline, network_inputs, torch_threads
+from compositor.bench.workloads import CHAIN, WORKLOADS, in_process_workloads, make_pipeline, network_inputs, torch_threads
 from compositor.export.layout import fp32_file
 from compositor.networks.contract import contract_models
 from compositor.networks.complexity import complexity_table
@@ -90,7 +90,7 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
     complexity = complexity_table(contract_models(networks), settings.resolution)
     flops = {row["network"]: row["gflops"] for row in complexity}
     flops[CHAIN] = sum(flops.values())
-    workload_names = (CHAIN, *NETWORKS) if settings.networks_alone else (CHAIN,)
+    workload_names = WORKLOADS if settings.networks_alone else (CHAIN,)
     report = {
         "command": command,
         "machine": header,

@@ -34,7 +34,6 @@ from compositor.cli.options import (
 from compositor.files import write_json
 
 QUICK = {"concurrency": (1, 2), "window_s": 3.0, "min_requests": 5, "max_windows": 3}
-README_MARKERS = ("<!-- performance:start", "<!-- performance:end -->")
 
 
 def register(subparsers) -> None:
@@ -112,7 +111,8 @@ def _check_outputs(args) -> None:
     if args.readme is not None:
         if not args.readme.is_file():
             raise CommandError(f"--readme {args.readme}: no such file")
-        text = args.readme.read_text()
-        start, end = (text.find(marker) for marker in README_MARKERS)
-        if start < 0 or end < start:
-            raise CommandError(f"--readme {args.readme}: no performance markers ({README_MARKERS[0]} ... {README_MARKERS[1]})")
+        # Checked as update_readme will, before minutes of measuring (numpy-importing module: here, not at --help).
+        from compositor.bench.report import README_END, README_START, readme_section_span
+
+        if readme_section_span(args.readme.read_text()) is None:
+            raise CommandError(f"--readme {args.readme}: no performance markers ({README_START} ... {README_END})")

@@ -50,7 +50,7 @@ def run(args) -> int:
     cache_root = args.cache or engine_cache.default_cache_root()
     try:
         # The export folder first: a wrong path is the user's to fix on any machine.
-        engine_cache.source_fingerprint(args.onnx)
+        fingerprint = engine_cache.source_fingerprint(args.onnx)
     except (ExportReportError, engine_cache.EngineCacheError) as error:
         raise CommandError(str(error)) from error
     try:
@@ -60,7 +60,7 @@ def run(args) -> int:
         print(f"no TensorRT engine was built: {error}", file=sys.stderr)
         return CANNOT_BUILD_HERE
     try:
-        result = engine_cache.ensure_engines(args.onnx, cache_root, gpu, str(trt.__version__))
+        result = engine_cache.ensure_engines(args.onnx, cache_root, gpu, str(trt.__version__), fingerprint=fingerprint)
     except (engine_cache.EngineCacheError, EngineBuildError) as error:
         raise CommandError(f"engine build failed: {error}") from error
     verb = "reused" if result.reused else "built"

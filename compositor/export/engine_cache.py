@@ -38,7 +38,6 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -52,7 +51,8 @@ from pathlib import Path
 
 from compositor import spec
 from compositor.errors import CompositorError
-from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, fp16_file, plan_file, read_report
+from compositor.files import file_sha256
+from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, ExportReportError, fp16_file, plan_file, read_report, report_shape
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +152,8 @@ def source_fingerprint(export_dir: str | Path) -> dict:
             raise EngineCacheError(
                 f"{path} not found: the engines are built from the FP16 ONNX files that 'compositor export' writes"
             )
-        onnx[fp16_file(name)] = _sha256(path)
-    return {"report_sha256": _sha256(export_dir / REPORT_FILE), "onnx_sha256": onnx}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        onnx[fp16_file(name)] = file_sha256(path)
+    return {"report_sha256": file_sha256(export_dir / REPORT_FILE), "onnx_sha256": onnx}
 
 
 def complete_manifest(folder: str | Path, fingerprint: dict) -> dict | None:
@@ -200,6 +192,7 @@ def ensure_engines(
     gpu: GpuFacts,
     tensorrt_version: str,
     build: BuildFunction | None = None,
+    fingerprint: dict | None = None,
 ) -> CachedEngines:
     """Reuse the complete cache folder for this GPU and TensorRT, or build it atomically.
 
@@ -209,6 +202,8 @@ def ensure_engines(
         gpu: the GPU the engines are for (``query_gpu``).
         tensorrt_version: the TensorRT that builds them (``tensorrt.__version__``).
         build: the engine builder (default ``compositor.export.tensorrt.build_engine``).
+        fingerprint: ``source_fingerprint(export_dir)`` if the caller has it already (hashing the
+            ONNX files again would cost a read of every file at each start).
 
     Returns:
         the complete folder, and whether it was reused.
@@ -219,7 +214,7 @@ def ensure_engines(
     """
     export_dir, cache_root = Path(export_dir), Path(cache_root)
     key = engine_cache_key(gpu.name, gpu.compute_capability, tensorrt_version)
-    fingerprint = source_fingerprint(export_dir)
+    fingerprint = fingerprint or source_fingerprint(export_dir)
     folder = cache_root / key
     manifest = complete_manifest(folder, fingerprint)
     if manifest is not None:
@@ -243,12 +238,10 @@ def ensure_engines(
 
 
 def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint, build) -> dict:
-    report = read_report(export_dir)
     try:
-        resolution = spec.parse_resolution(tuple(report["resolution"]))
-        max_batch = int(report["max_batch"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise EngineCacheError(f"{export_dir / REPORT_FILE} has no valid resolution and max_batch ({error})") from None
+        resolution, max_batch = report_shape(export_dir)
+    except ExportReportError as error:
+        raise EngineCacheError(str(error)) from None
     staging = Path(tempfile.mkdtemp(prefix=f"{_BUILDING_PREFIX}{key}-", dir=cache_root))
     try:
         networks = {}

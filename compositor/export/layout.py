@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from compositor.errors import CompositorError
+from compositor.spec import parse_resolution
 
 REPORT_FILE = "export_report.json"
 TIMING_CACHE_FILE = "timing.cache"
@@ -61,3 +62,19 @@ def read_report(export_dir: str | Path) -> dict:
         ) from None
     except (OSError, json.JSONDecodeError) as error:
         raise ExportReportError(f"{path} is not readable JSON ({error}); export again") from None
+
+
+def report_shape(export_dir: str | Path) -> tuple[tuple[int, int], int]:
+    """The network resolution ``(height, width)`` and max batch the export was made at (its report's).
+
+    Raises:
+        ExportReportError: no readable report, or one without a valid resolution or max batch.
+    """
+    report = read_report(export_dir)
+    try:
+        return parse_resolution(tuple(report["resolution"])), int(report["max_batch"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportReportError(
+            f"{Path(export_dir) / REPORT_FILE} has no valid resolution and max_batch ({type(error).__name__}: "
+            f"{error}); export again"
+        ) from None

@@ -303,9 +303,6 @@ class TensorRTForward:
         self.runner = engine_runner(plan_path, f"TensorRT {name}")
         self.runner.activate()
 
-    def device_memory_bytes(self) -> int | None:
-        return device_memory_bytes(self.runner.engine)
-
     def __call__(self, *inputs):
         feeds = {tensor.name: value.contiguous() for tensor, value in zip(self.model_spec.inputs, inputs)}
         outputs = self.runner.infer(feeds, check_inputs=False, copy_outputs_to_host=False)

@@ -22,7 +22,8 @@ from compositor.networks.defaults import MODNET_CHECKPOINT_VARIABLE, default_wei
 from compositor.networks.harmonization import HarmonizationUNet
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
-from compositor.networks.weights import WeightsError, describe_provenance, file_sha256, load_network, read_metadata
+from compositor.files import file_sha256
+from compositor.networks.weights import WeightsError, describe_provenance, load_network, read_metadata
 
 log = logging.getLogger(__name__)
 

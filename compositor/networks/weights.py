@@ -11,7 +11,6 @@ this module, for its error types, costs nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -118,15 +117,6 @@ def describe_provenance(provenance: dict) -> str:
         return (f"trained by compositor train on {provenance.get('data', {}).get('data', '?')}: step "
                 f"{provenance.get('best_step')} of {provenance.get('steps_trained')}, commit {provenance.get('commit')}")
     return ", ".join(f"{key}={value}" for key, value in list(provenance.items())[:4])
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, hex: identifies a weights file wherever it was copied or renamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_network(path: str | Path, expected: type[nn.Module] | None = None) -> nn.Module:

@@ -35,6 +35,7 @@ from compositor.serving.server import (
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_START_TIMEOUT_S,
+    DEFAULT_STOP_TIMEOUT_S,
     ServerStartError,
     TritonServer,
 )
@@ -164,22 +165,16 @@ class ReplicaSet:
     def grpc_urls(self) -> list[str]:
         return [server.grpc_url for server in self.servers]
 
-    def http_urls(self) -> list[str]:
-        return [server.http_url for server in self.servers]
-
     def request_stop(self) -> None:
         """Ask every replica to stop, without waiting: safe to call from a signal handler."""
         self._stop_requested = True
         for server in self.servers:
             server.request_stop()
 
-    def stop(self, timeout_s: float | None = None) -> None:
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Stop every replica (idempotent)."""
         for server in self.servers:
-            if timeout_s is None:
-                server.stop()
-            else:
-                server.stop(timeout_s=timeout_s)
+            server.stop(timeout_s=timeout_s)
 
     def failures(self) -> list[tuple[int, str]]:
         """``(replica, what happened)`` for each running-set replica that has stopped or lost a model process."""

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from compositor.errors import CompositorError
 from compositor.files import atomic_path, write_text
-from compositor.export.layout import REPORT_FILE, ExportReportError, fp32_file, plan_file, read_report
+from compositor.export.layout import REPORT_FILE, ExportReportError, fp32_file, plan_file, read_report, report_shape
 from compositor.serving.configs import NO_EXPORT_NOTE, RepositoryOptions, RepositoryOptionsError, repository_configs, to_pbtxt
 from compositor.serving.conventions import (
     MODEL_FILE,
@@ -116,15 +116,8 @@ def export_settings(
         ExportReportError: no readable report, or one without a valid resolution or max batch.
         ExportMismatchError: an explicit value contradicts the report (both values named).
     """
-    report = read_report(export_dir)
+    exported_resolution, exported_max_batch = report_shape(export_dir)
     where = Path(export_dir) / REPORT_FILE
-    try:
-        exported_resolution = parse_resolution(tuple(report["resolution"]))
-        exported_max_batch = int(report["max_batch"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ExportReportError(
-            f"{where} has no valid resolution and max_batch ({type(error).__name__}: {error}); export again"
-        ) from None
     if resolution is not None and parse_resolution(resolution) != exported_resolution:
         raise ExportMismatchError(
             f"resolution {format_resolution(parse_resolution(resolution))} differs from the export's "
