@@ -53,6 +53,7 @@ from compositor.cli.options import (
     positive_int,
     unit_fraction,
 )
+from compositor.client.pool import DEFAULT_MAX_IN_FLIGHT
 from compositor.client.remote import DEFAULT_TIMEOUT_S, PROTOCOLS
 from compositor.client.video import VIDEO_OUTPUTS
 from compositor.figures import comparison_strip, edge_zoom_strip, linear_paste, stack_rows
@@ -65,16 +66,9 @@ log = logging.getLogger(__name__)
 
 # Options of one mode that the other cannot use: a user who gives them means something that would
 # not happen, so they are refused rather than ignored.
-LOCAL_ONLY = {"resolution": "--resolution", "modnet_checkpoint": "--modnet-checkpoint",
-              "blending_checkpoint": "--blending-checkpoint", "harmonization_checkpoint": "--harmonization-checkpoint",
-              "untrained": "--untrained"}
-REMOTE_ONLY = {"protocol": "--protocol", "timeout_s": "--timeout-s", "max_in_flight": "--max-in-flight",
-               "shared_memory": "--shared-memory"}
-VIDEO_ONLY = {"temporal_smoothing": "--temporal-smoothing", "smoothing_threshold": "--smoothing-threshold",
-              "video_output": "--video-output"}
-DEFAULT_MAX_IN_FLIGHT = 4
-"""Requests outstanding at once: enough to keep a server's preprocess, networks and postprocess
-busy together, few enough that frames do not pile up in memory."""
+LOCAL_ONLY = ("resolution", "modnet_checkpoint", "blending_checkpoint", "harmonization_checkpoint", "untrained")
+REMOTE_ONLY = ("protocol", "timeout_s", "max_in_flight", "shared_memory")
+VIDEO_ONLY = ("temporal_smoothing", "smoothing_threshold", "video_output")
 
 
 def register(subparsers) -> None:
@@ -131,7 +125,7 @@ def run(args) -> int:
         raise CommandError(f"{args.source}: {what} is composited through a server: use --url HOST:PORT "
                            "(start one with 'compositor serve')")
     if mode != "video":
-        given = [flag for name, flag in VIDEO_ONLY.items() if getattr(args, name) not in (None, False)]
+        given = _given(args, VIDEO_ONLY)
         if given:
             raise CommandError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a video --source only")
     elif args.smoothing_threshold is not None and not args.temporal_smoothing:
@@ -156,7 +150,7 @@ def run(args) -> int:
 
 def _refuse_options_of_the_other_mode(args) -> None:
     mode, others = ("--url", LOCAL_ONLY) if args.url else ("--local", REMOTE_ONLY)
-    given = [flag for name, flag in others.items() if getattr(args, name) not in (None, False)]
+    given = _given(args, others)
     if not given:
         return
     one = len(given) == 1
@@ -166,6 +160,11 @@ def _refuse_options_of_the_other_mode(args) -> None:
     else:
         reason = f"{'it sets' if one else 'they set'} how to reach a Triton server with --url HOST:PORT; drop {'it' if one else 'them'}"
     raise CommandError(f"{', '.join(given)} {'does' if one else 'do'} not apply with {mode}: {reason}")
+
+
+def _given(args, names: tuple[str, ...]) -> list[str]:
+    """The flags (``--max-in-flight``) of the options among ``names`` that the user gave."""
+    return ["--" + name.replace("_", "-") for name in names if getattr(args, name) not in (None, False)]
 
 
 def _size(image) -> str:

@@ -60,6 +60,10 @@ from compositor.client.remote import (
 )
 from compositor.results import CompositeResult
 
+DEFAULT_MAX_IN_FLIGHT = 4
+"""Requests outstanding at once: enough to keep a server's preprocess, networks and postprocess
+busy together, few enough that frames do not pile up in memory."""
+
 log = logging.getLogger(__name__)
 
 MAX_PROBE_INTERVAL_S = 5.0
@@ -173,7 +177,7 @@ class CompositorPool:
         self,
         url: str,
         protocol: str = "grpc",
-        max_in_flight: int = 4,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         backoff_s: float = DEFAULT_BACKOFF_S,
