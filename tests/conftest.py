@@ -73,11 +73,11 @@ class ServerFactory:
         return out
 
     def start(self, repository: Path, grpc_port: int | None = None, http_port: int | None = None,
-              metrics_port: int | None = None, allow_shared_memory: bool = True):
+              metrics_port: int | None = None, allow_shared_memory: bool = True, extra_args=()):
         """A started ``TritonServer`` (free ports unless given), stopped at the end of the session.
 
         Shared memory is allowed by default here (``TritonServer`` refuses it by default), since
-        the client's shared-memory tests use these servers.
+        the client's shared-memory tests use these servers. ``extra_args`` go to ``tritonserver``.
         """
         from compositor.serving.server import TritonServer, free_port
 
@@ -88,6 +88,7 @@ class ServerFactory:
             metrics_port=metrics_port or free_port(),
             log_path=self._tmp.mktemp("log") / "tritonserver.log",
             allow_shared_memory=allow_shared_memory,
+            extra_args=extra_args,
         )
         self.started.append(server)
         return server.start()
@@ -115,3 +116,14 @@ def triton_servers(small_export, tmp_path_factory):
 def small_server(triton_servers, small_repository):
     """One server on ``small_repository`` for the tests that only send requests (never stop it)."""
     return triton_servers.start(small_repository)
+
+
+@pytest.fixture(scope="module")
+def own_server(triton_servers, small_repository):
+    """A server on ``small_repository`` for one test module alone, stopped when the module is done.
+
+    Module scope: each module that asks for it gets its own instance, one nothing else touched.
+    """
+    server = triton_servers.start(small_repository)
+    yield server
+    server.stop()

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import skimage.data
 
@@ -41,7 +40,7 @@ from compositor.cli import main
 from compositor.client.remote import ClientError, CompositorClient
 from compositor.spec import MAX_IMAGE_SIDE
 
-from triton_probes import stub_command_lines
+from triton_probes import family_rss, http_status, stub_command_lines
 
 pytestmark = pytest.mark.triton
 
@@ -100,23 +99,8 @@ def table_report(tmp_path_factory):
 # --- Memory ---------------------------------------------------------------------------------------
 
 
-def server_rss(pid: int) -> int:
-    """Resident bytes of the server process and all its children (the Python-backend stubs)."""
-    total = 0
-    try:
-        process = psutil.Process(pid)
-        for member in [process, *process.children(recursive=True)]:
-            try:
-                total += member.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-    except psutil.NoSuchProcess:
-        pass
-    return total
-
-
 class PeakRss:
-    """Samples ``server_rss`` in a background thread while the ``with`` block runs; ``peak`` in bytes."""
+    """Samples ``family_rss`` in a background thread while the ``with`` block runs; ``peak`` in bytes."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -126,9 +110,9 @@ class PeakRss:
 
     def _sample(self) -> None:
         while True:
-            self.peak = max(self.peak, server_rss(self.pid))
+            self.peak = max(self.peak, family_rss(self.pid))
             if self._done.wait(SAMPLE_INTERVAL_S):
-                self.peak = max(self.peak, server_rss(self.pid))
+                self.peak = max(self.peak, family_rss(self.pid))
                 return
 
     def __enter__(self) -> PeakRss:
@@ -244,13 +228,7 @@ def send(path, server, clients, model, inputs) -> None:
 
 
 def is_ready(server) -> bool:
-    host, port = server.http_url.rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        connection.request("GET", "/v2/health/ready")
-        return connection.getresponse().status == 200
-    finally:
-        connection.close()
+    return http_status(f"http://{server.http_url}/v2/health/ready", timeout_s=10) == 200
 
 
 def refuse_and_recover(server, clients, known_answers, case, model, path, attempt) -> str:
@@ -386,16 +364,12 @@ INFERENCE_KEY_HEADER = "compositor-inference-key"
 
 
 @pytest.fixture(scope="module")
-def restricted_server(small_repository, triton_servers, tmp_path_factory):
+def restricted_server(small_repository, triton_servers):
     """A server of its own (one test ends it) whose HTTP inference API needs ``INFERENCE_KEY_HEADER``."""
-    from compositor.serving.server import TritonServer, free_port
-
     key = "test-key-0123456789"
-    server = TritonServer(small_repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                          log_path=tmp_path_factory.mktemp("log") / "tritonserver.log",
-                          extra_args=[f"--http-restricted-api=inference:{INFERENCE_KEY_HEADER}={key}"])
-    triton_servers.started.append(server)  # stopped at the end of the session whatever happens
-    server.start()
+    # Stopped at the end of the session whatever happens.
+    server = triton_servers.start(small_repository, allow_shared_memory=False,
+                                  extra_args=[f"--http-restricted-api=inference:{INFERENCE_KEY_HEADER}={key}"])
     return server, key
 
 

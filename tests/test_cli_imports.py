@@ -1,6 +1,5 @@
 """What the command line and the client library import: heavy libraries only where they are used."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -40,8 +39,6 @@ print(json.dumps({{"code": code, "stderr": err.getvalue()}}))
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_imports_no_heavy_library(command):
-    if command is not None and importlib.util.find_spec(f"compositor.cli.{COMMANDS[command]}") is None:
-        pytest.skip(f"compositor/cli/{COMMANDS[command]}.py is not written yet")
     argv = ["--help"] if command is None else [command, "--help"]
     result, modules = imported_after(run_main(argv))
     assert result["code"] == 0, result["stderr"]
@@ -51,8 +48,7 @@ def test_help_imports_no_heavy_library(command):
 def test_the_top_level_help_lists_every_command_with_a_hyphen_where_its_module_has_an_underscore():
     run = subprocess.run([sys.executable, "-m", "compositor", "--help"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    listed = {name for name, module in COMMANDS.items() if importlib.util.find_spec(f"compositor.cli.{module}")}
-    for name in listed:
+    for name in COMMANDS:
         assert f"    {name} " in run.stdout, name
     assert "bench-gpu" in COMMANDS and COMMANDS["bench-gpu"] == "bench_gpu"
 

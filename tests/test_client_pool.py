@@ -45,10 +45,8 @@ def mixed_requests(count: int, offset: int = 0) -> list[CompositeRequest]:
 
 
 @pytest.fixture(scope="module")
-def server(triton_servers, small_repository):
-    server = triton_servers.start(small_repository)
-    yield server
-    server.stop()
+def server(own_server):
+    return own_server
 
 
 @pytest.fixture(scope="module")

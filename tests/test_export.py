@@ -465,9 +465,9 @@ def test_a_failing_check_leaves_no_model_file_and_no_report(tmp_path, default_ne
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_polygraphy_errors_in_the_report_are_the_plain_differences_of_the_two_runtimes(exported):
+def test_polygraphy_errors_in_the_report_are_the_plain_differences_of_the_two_runtimes(exported, default_networks):
     out, report = exported
-    feeds = parity.parity_feeds(contract_models(load_networks(trained_defaults=False)), RESOLUTION)
+    feeds = parity.parity_feeds(contract_models(default_networks), RESOLUTION)
 
     for case in ("photos", "random"):
         expected = parity.run_onnx(parity.onnxruntime_session(out / "harmonization.onnx"), feeds[case]["harmonization"])
@@ -479,9 +479,9 @@ def test_polygraphy_errors_in_the_report_are_the_plain_differences_of_the_two_ru
         assert reported["psnr_db"] == pytest.approx(-10 * math.log10(np.mean(difference**2)), rel=1e-9)
 
 
-def test_fp16_tolerances_hold_on_the_toleranced_case_only_and_every_miss_is_named(exported):
+def test_fp16_tolerances_hold_on_the_toleranced_case_only_and_every_miss_is_named(exported, default_networks):
     out, _ = exported
-    feeds = parity.parity_feeds(contract_models(load_networks(trained_defaults=False)), RESOLUTION)
+    feeds = parity.parity_feeds(contract_models(default_networks), RESOLUTION)
     fp32, fp16_path = out / "matting.onnx", out / "matting.fp16.onnx"
 
     with pytest.raises(ParityError) as error:

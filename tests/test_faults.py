@@ -32,7 +32,7 @@ from compositor import imaging
 from compositor.client.pool import CompositeRequest, CompositorPool
 from compositor.client.remote import ClientError, CompositorClient, ServerUnavailableError, ServerUnreachableError
 
-from triton_probes import http_status, stub_command_lines
+from triton_probes import http_status, is_gone, stub_command_lines
 
 pytestmark = pytest.mark.triton
 
@@ -74,12 +74,12 @@ class Killable:
     def kill(self) -> None:
         """SIGKILL the server and its process group (the stubs), as an OOM killer or ``kill -9`` would."""
         server = self.server
-        regions = [Path("/dev/shm") / argv[3] for argv in [[str(pid), *argv] for pid, argv in stub_command_lines(server.pid)]]
+        regions = [Path("/dev/shm") / argv[2] for _, argv in stub_command_lines(server.pid)]
         members = psutil.Process(server.pid).children(recursive=True)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout_s=10)
         for member in members:  # the stubs too: until they are gone, the ports may not be free
-            wait_until_dead(member.pid)
+            wait_until_dead(member)
         server.stop()  # reaps, removes its work directory
         self.left_regions += remove_leftover_regions(regions, "after SIGKILL of tritonserver")
 
@@ -171,17 +171,14 @@ def test_a_server_killed_mid_run_without_retries_reports_every_unanswered_reques
         assert client.composite(requests[0].source, requests[0].background)["harmonized"].shape == (48, 64, 3)
 
 
-def wait_until_dead(pid: int, timeout_s: float = 10.0) -> None:
-    """Until ``pid`` is gone or a zombie (Triton does not reap a dead stub)."""
+def wait_until_dead(process: psutil.Process, timeout_s: float = 10.0) -> None:
+    """Until ``process`` is gone or a zombie (Triton does not reap a dead stub)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
+        if is_gone(process):
             return
         time.sleep(0.05)
-    raise AssertionError(f"process {pid} still alive {timeout_s:g} s after SIGKILL")
+    raise AssertionError(f"process {process.pid} still alive {timeout_s:g} s after SIGKILL")
 
 
 @pytest.fixture(scope="module")
@@ -190,16 +187,18 @@ def stub_killed(triton_servers, small_repository):
     server = triton_servers.start(small_repository)
     (request,) = mixed_requests(1)
     client = CompositorClient(server.grpc_url, retries=0)
-    victim = None
+    region = None
     try:
         client.composite(request.source, request.background)
-        (victim,) = [argv for argv in [[str(pid), *argv] for pid, argv in stub_command_lines(server.pid)] if f"{os.sep}postprocess{os.sep}" in argv[2]]
-        os.kill(int(victim[0]), signal.SIGKILL)
-        wait_until_dead(int(victim[0]))
+        ((pid, argv),) = [(pid, argv) for pid, argv in stub_command_lines(server.pid) if f"{os.sep}postprocess{os.sep}" in argv[1]]
+        region = Path("/dev/shm") / argv[2]
+        victim = psutil.Process(pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_until_dead(victim)
         yield server, client, request
     finally:
         client.close()
-        regions = [Path("/dev/shm") / victim[3]] if victim else []
+        regions = [region] if region else []
         # With a dead stub, Triton's own orderly exit (SIGINT) waits about 30 s for it to unload.
         server.stop(timeout_s=5)
         remove_leftover_regions(regions, "after SIGKILL of the postprocess stub and stop()")
@@ -216,7 +215,7 @@ def test_requests_after_a_python_model_process_is_killed_fail_with_an_error_nami
             client.composite(request.source, request.background)
         tries += 1
     assert server.is_running()
-    assert not [argv for argv in [[str(pid), *argv] for pid, argv in stub_command_lines(server.pid)] if f"{os.sep}postprocess{os.sep}" in argv[2]], "the stub came back"
+    assert not [argv for _, argv in stub_command_lines(server.pid) if f"{os.sep}postprocess{os.sep}" in argv[1]], "the stub came back"
     assert http_status(f"http://{server.http_url}/v2/health/live") == 200
     # Through a pool with this one server: retried (the server is at fault, not the request), then reported.
     with CompositorPool(server.grpc_url, max_in_flight=1, retries=2, backoff_s=0.05) as pool:

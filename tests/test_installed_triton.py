@@ -20,9 +20,9 @@ import tritonclient.grpc
 
 from compositor.cli import main
 from compositor.serving.installation import TritonNotFoundError, find_installed_triton, find_triton
-from compositor.serving.server import TritonServer, free_port
+from compositor.serving.server import TritonServer
 
-from triton_probes import ServeProcess, serve_command, write_identity_repository
+from triton_probes import ServeProcess, free_ports, serve_command, write_identity_repository
 
 
 def container_layout(root: Path) -> Path:
@@ -66,8 +66,7 @@ def test_the_serve_command_reports_a_wrong_triton_root(tmp_path, capsys):
 def test_an_installed_triton_serves_with_its_own_backends_folder(tmp_path, container_environment):
     root = container_layout(tmp_path / "opt-tritonserver")
     repository = write_identity_repository(tmp_path / "repository")
-    server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                          triton_root=root)
+    server = TritonServer(repository, **free_ports(), triton_root=root)
     with server:
         argv = psutil.Process(server.pid).cmdline()
         assert argv[0] == str(root / "bin" / "tritonserver")
@@ -84,7 +83,7 @@ def test_an_installed_triton_serves_with_its_own_backends_folder(tmp_path, conta
 def test_the_serve_command_runs_an_installed_triton(tmp_path, container_environment):
     root = container_layout(tmp_path / "opt-tritonserver")
     repository = write_identity_repository(tmp_path / "repository")
-    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+    ports = free_ports()
     serve = ServeProcess(serve_command(repository, ports) + ["--triton-root", str(root)])
     try:
         serve.wait_for("Triton ready")

@@ -21,7 +21,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import psutil
 import pytest
 import skimage.data
 
@@ -29,7 +28,7 @@ from compositor import imaging
 from compositor.client.remote import CompositorClient
 from compositor.pipeline import EagerPipeline
 
-from triton_probes import http_status, stub_command_lines
+from triton_probes import family_rss, http_status, stub_command_lines
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -55,18 +54,6 @@ def frames(pair: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     source = imaging.resize(getattr(skimage.data, PHOTOS[s])(), SOURCE_SIZES[s])
     background = imaging.resize(getattr(skimage.data, PHOTOS[(b + 3) % len(PHOTOS)])()[..., :3], BACKGROUND_SIZES[b])
     return source, background
-
-
-def family_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (Triton's Python-backend stubs)."""
-    total = 0
-    process = psutil.Process(pid)
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            total += member.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def composite_successes(http_url: str) -> tuple[int, int]:
@@ -107,10 +94,8 @@ class Watcher(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def server(triton_servers, small_repository):
-    server = triton_servers.start(small_repository)
-    yield server
-    server.stop()
+def server(own_server):
+    return own_server
 
 
 def test_a_thousand_mixed_requests_at_concurrency_16_are_all_answered_correctly_with_no_restart(server, small_export, tmp_path):

@@ -78,13 +78,6 @@ def trained_server(trained_repository, triton_servers):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def untrained_server(small_repository, triton_servers):
-    server = triton_servers.start(small_repository)
-    yield server
-    server.stop()
-
-
 def fetch_configs(server, protocol: str) -> dict[str, dict]:
     """Every network's config as tritonclient gives it (gRPC: ``{"config": ...}``; HTTP: the config)."""
     if protocol == "grpc":
@@ -248,13 +241,13 @@ def test_a_client_of_a_server_with_an_untrained_network_warns_once_naming_it(tra
     assert len(_warnings(caplog)) == 1, "a second client to the same server does not warn again"
 
 
-def test_every_untrained_network_is_named_and_each_server_warns_once(untrained_server, caplog):
+def test_every_untrained_network_is_named_and_each_server_warns_once(own_server, caplog):
     caplog.set_level(logging.WARNING, logger="compositor.client")
     for _ in range(2):
-        with CompositorClient(untrained_server.http_url, protocol="http") as client:
+        with CompositorClient(own_server.http_url, protocol="http") as client:
             client.deployment
     [message] = _warnings(caplog)
-    assert "weights for: matting, blending, harmonization." in message and untrained_server.http_url in message
+    assert "weights for: matting, blending, harmonization." in message and own_server.http_url in message
 
 
 def test_warn_untrained_once_says_nothing_when_every_network_is_trained(caplog):

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import compositor
-from compositor.serving.server import TritonServer, free_port
+from compositor.serving.server import TritonServer
 
-from triton_probes import write_identity_repository
+from triton_probes import free_ports, write_identity_repository
 
 PACKAGE_DIR = Path(compositor.__file__).parent
 
@@ -31,7 +31,7 @@ def repository(tmp_path_factory) -> Path:
 
 
 def start_server(repository: Path, **options) -> TritonServer:
-    return TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **options).start()
+    return TritonServer(repository, **free_ports(), **options).start()
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import queue
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,42 +17,21 @@ from pathlib import Path
 import psutil
 import pytest
 
-from compositor.serving.server import free_port
-
-from triton_probes import write_identity_repository
+from triton_probes import free_ports, is_gone, port_is_free, serve_command, write_identity_repository
 
 GONE_WITHIN_S = 30.0
 """Triton's own drain on SIGTERM is bounded by --exit-timeout-secs (30 s); with nothing in flight it
 takes about a second."""
 
 
-def is_gone(process: psutil.Process) -> bool:
-    # Orphans are reparented to PID 1, which in a container may never reap them: a zombie is dead.
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def start_serve(tmp_path: Path, stderr: int) -> tuple[subprocess.Popen, dict[str, int]]:
-    """``compositor serve`` on a two-instance identity repository in ``tmp_path``, on free ports."""
+    """``compositor serve`` on a two-instance identity repository in ``tmp_path``, on free ports
+    (returned keyed ``grpc``, ``http``, ``metrics``)."""
     repository = write_identity_repository(tmp_path / "repository", instances=2)
-    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
-    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository),
-               "--log-file", str(tmp_path / "triton.log")]
-    for name, port in ports.items():
-        command += [f"--{name}-port", str(port)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True), ports
+    ports = free_ports()
+    command = serve_command(repository, ports) + ["--log-file", str(tmp_path / "triton.log")]
+    serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    return serve, {name.removesuffix("_port"): port for name, port in ports.items()}
 
 
 def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from compositor.client.remote import CompositorClient
 from compositor.serving.replicas import ReplicaOptionsError, ReplicaPorts, replica_log_path, replica_ports
 from compositor.serving.server import free_port
 
-from triton_probes import ServeProcess
+from triton_probes import ServeProcess, processes_serving, serve_command
 
 
 def test_replicas_take_consecutive_blocks_of_the_first_replicas_ports():
@@ -111,9 +110,8 @@ KILL_BEFORE = 12
 def test_a_replica_killed_mid_run_loses_no_request_and_is_started_again(triton_servers, tmp_path):
     repository = triton_servers.repository()
     http = free_port_block(6)
-    command = [sys.executable, "-m", "compositor", "serve", "--repository", str(repository), "--replicas", "2",
-               "--http-port", str(http), "--grpc-port", str(http + 1), "--metrics-port", str(http + 2),
-               "--log-file", str(tmp_path / "triton.log"), "--print-log"]
+    command = serve_command(repository, {"http_port": http, "grpc_port": http + 1, "metrics_port": http + 2}) + [
+        "--replicas", "2", "--log-file", str(tmp_path / "triton.log"), "--print-log"]
     serve = ServeProcess(command)
     urls = [f"127.0.0.1:{http + 1}", f"127.0.0.1:{http + 4}"]
     # Big enough frames that requests overlap (resizing dominates at a 64x64 network resolution).
@@ -159,7 +157,7 @@ def test_a_replica_killed_mid_run_loses_no_request_and_is_started_again(triton_s
         serve.wait_for("SIGINT: every replica stopped")
     finally:
         serve.kill()
-    assert not [p for p in psutil.process_iter(["cmdline"]) if str(repository) in " ".join(p.info["cmdline"] or ())]
+    assert not processes_serving(repository)
     # The killed run's log is kept beside the restarted one's.
     logs = sorted(path.name for path in Path(tmp_path).glob("triton*.log"))
     assert logs == ["triton.replica0.log", "triton.replica1.log", "triton.replica1.restart1.log"]

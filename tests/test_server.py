@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,10 +24,10 @@ import psutil
 import pytest
 
 from compositor.serving.installation import TritonNotFoundError, find_stub, find_triton
-from compositor.serving.server import ServerStartError, TritonServer, free_port
+from compositor.serving.server import ServerStartError, TritonServer
 from compositor.serving.server_log import diagnose_log, new_log_path
 
-from triton_probes import ServeProcess, serve_command, write_identity_repository
+from triton_probes import ServeProcess, free_ports, port_is_free, process_tree, processes_serving, serve_command, write_identity_repository
 
 ENSEMBLE_CONFIG = """\
 name: "identity_twice"
@@ -43,25 +44,6 @@ ensemble_scheduling {
   ]
 }
 """
-
-
-def free_ports() -> dict[str, int]:
-    return {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    try:
-        parent = psutil.Process(pid)
-        return [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def assert_port_free(port: int) -> None:
-    with socket.socket() as probe:
-        # SO_REUSEADDR, as servers set it: the readiness checks leave connections in TIME_WAIT.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", port))
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +217,7 @@ def test_stop_leaves_no_process_behind(tmp_path):
     assert server.stop() == 0
     _, alive = psutil.wait_procs(tree, timeout=5)
     assert alive == []
-    assert_port_free(server.http_port)
+    assert port_is_free(server.http_port)
 
 
 @pytest.mark.triton
@@ -255,14 +237,6 @@ def test_a_server_deaf_to_sigint_and_sigterm_is_killed_with_its_stubs_and_shared
     assert not shm_region.exists()
 
 
-def processes_serving(repository: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(str(repository) in part for part in process.info["cmdline"] or ()):
-            found.append(process)
-    return found
-
-
 @pytest.mark.triton
 def test_the_serve_command_becomes_ready_and_exits_0_on_sigint(tmp_path):
     repository = write_identity_repository(tmp_path / "repository")
@@ -278,7 +252,7 @@ def test_the_serve_command_becomes_ready_and_exits_0_on_sigint(tmp_path):
         serve.kill()
     assert processes_serving(repository) == []
     for port in ports.values():
-        assert_port_free(port)
+        assert port_is_free(port)
     kept = re.search(r"SIGINT: Triton stopped \(exit code 0\); its log is kept in (\S+)", serve.text)
     assert kept, serve.text
     log = Path(kept[1])
@@ -338,19 +312,12 @@ def test_the_serve_help_has_an_example(capsys):
 # --- missing or corrupt model files: a clear error at generation or at start ---------------------
 
 
-def copy_export(export_dir: Path, destination: Path) -> Path:
-    import shutil
-
-    shutil.copytree(export_dir, destination)
-    return destination
-
-
 @pytest.mark.parametrize("damage", ["truncated", "not onnx"])
 def test_repository_generation_names_a_corrupt_onnx_file(small_export, tmp_path, damage):
     from compositor.serving.configs import RepositoryOptions
     from compositor.serving.repository import CorruptModelFileError, generate_repository
 
-    export = copy_export(small_export.directory, tmp_path / "export")
+    export = shutil.copytree(small_export.directory, tmp_path / "export")
     onnx_file = export / "blending.onnx"
     content = onnx_file.read_bytes()
     onnx_file.write_bytes(content[: len(content) // 2] if damage == "truncated" else b"<html>not a model</html>")
@@ -364,7 +331,7 @@ def test_repository_generation_names_a_missing_onnx_file(small_export, tmp_path)
     from compositor.serving.configs import RepositoryOptions
     from compositor.serving.repository import MissingModelFilesError, generate_repository
 
-    export = copy_export(small_export.directory, tmp_path / "export")
+    export = shutil.copytree(small_export.directory, tmp_path / "export")
     (export / "harmonization.onnx").unlink()
     with pytest.raises(MissingModelFilesError, match=r"needs harmonization\.onnx in .*export"):
         generate_repository(tmp_path / "repository", RepositoryOptions(resolution=small_export.resolution), export_dir=export)

@@ -19,9 +19,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from compositor.serving.server import TritonServer, free_port
+from compositor.serving.server import TritonServer
 
-from triton_probes import IDENTITY_CONFIG
+from triton_probes import IDENTITY_CONFIG, free_ports
 
 pytestmark = pytest.mark.triton
 
@@ -90,7 +90,7 @@ def server(tmp_path_factory):
     write_model(repository, "stage_ensemble", ENSEMBLE_CONFIG)
     write_out_of_range_gather(write_model(repository, "network", NETWORK_CONFIG, NETWORK_MODEL) / "model.onnx")
     log_path = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), log_path=log_path) as server:
+    with TritonServer(repository, **free_ports(), log_path=log_path) as server:
         yield server
 
 

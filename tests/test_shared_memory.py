@@ -8,7 +8,6 @@ and ``/dev/shm``.
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import subprocess
@@ -36,10 +35,8 @@ DEV_SHM = Path("/dev/shm")
 
 
 @pytest.fixture(scope="module")
-def server(small_repository, triton_servers):
-    server = triton_servers.start(small_repository)
-    yield server
-    server.stop()
+def server(own_server):
+    return own_server
 
 
 def triton_client(server, protocol: str):

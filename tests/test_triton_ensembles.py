@@ -27,8 +27,10 @@ from compositor.networks.contract import contract_models
 from compositor.pipeline import EagerPipeline
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository
-from compositor.serving.server import TritonServer, free_port
+from compositor.serving.server import TritonServer
 from compositor.spec import NETWORKS
+
+from triton_probes import free_ports
 
 pytestmark = pytest.mark.triton
 
@@ -68,7 +70,7 @@ def server(onnx_dir, tmp_path_factory):
     repository = tmp_path_factory.mktemp("repository")
     generate_repository(repository, RepositoryOptions(resolution=RESOLUTION, max_queue_delay_us=MAX_QUEUE_DELAY_US), export_dir=onnx_dir)
     log_path = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), log_path=log_path) as server:
+    with TritonServer(repository, **free_ports(), log_path=log_path) as server:
         yield server
 
 

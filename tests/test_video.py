@@ -19,7 +19,6 @@ from compositor import imaging
 from compositor.cli import main
 from compositor.client.remote import CompositorClient
 from compositor.media.video import VideoInfo, VideoWriter, probe, read_frames
-from compositor.serving.server import free_port
 
 pytestmark = pytest.mark.triton
 

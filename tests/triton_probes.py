@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+
+from compositor.serving.server import free_port
 
 IDENTITY_CONFIG = """\
 name: "{name}"
@@ -81,10 +84,69 @@ def stub_command_lines(pid: int) -> list[tuple[int, list[str]]]:
     return found
 
 
-def http_status(url: str) -> int:
-    """The HTTP status ``url`` answers with, or -1 when nothing answers."""
+def free_ports() -> dict[str, int]:
+    """Three free loopback ports, keyed as ``TritonServer`` takes them (and ``serve_command``)."""
+    return {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants; empty once ``pid`` is gone."""
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def family_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (Triton's Python-backend stubs); processes
+    that vanish meanwhile count nothing."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def processes_serving(repository: Path) -> list[psutil.Process]:
+    """Every process with ``repository`` in its command line."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(repository) in part for part in process.info["cmdline"] or ()):
+            found.append(process)
+    return found
+
+
+def is_gone(process: psutil.Process) -> bool:
+    # Orphans are reparented to PID 1, which in a container may never reap them (and Triton does
+    # not reap a dead stub): a zombie is dead.
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        # SO_REUSEADDR, as servers set it: the readiness checks leave connections in TIME_WAIT.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Opens loopback URLs directly, whatever ``http_proxy`` says."""
+
+
+def http_status(url: str, timeout_s: float = 2.0) -> int:
+    """The HTTP status ``url`` answers with (asked directly, never through a proxy), or -1 when nothing answers."""
+    try:
+        with _NO_PROXY.open(url, timeout=timeout_s) as response:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
