@@ -25,7 +25,7 @@ from compositor.client.remote import CompositorClient
 from compositor.export.layout import read_report
 from compositor.export.pipeline import export_all
 from compositor.networks.defaults import default_weights
-from compositor.networks.factory import PUBLISHED_MODNET_FILE, load_networks
+from compositor.networks.factory import PUBLISHED_MODNET_CHECKPOINT_FILE, load_networks
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import save_modnet_checkpoint
 from compositor.serving.configs import RepositoryOptions
@@ -91,12 +91,12 @@ def fetch_configs(server, protocol: str) -> dict[str, dict]:
 
 
 def test_loading_records_kind_file_and_hash_of_each_networks_weights(tmp_path):
-    checkpoint = save_modnet_checkpoint(MODNet().eval(), tmp_path / PUBLISHED_MODNET_FILE)
+    checkpoint = save_modnet_checkpoint(MODNet().eval(), tmp_path / PUBLISHED_MODNET_CHECKPOINT_FILE)
     networks = load_networks(modnet_checkpoint=checkpoint, blending_checkpoint=default_weights("blending"),
                              trained_defaults=False)
     matting, blending, harmonization = (networks.provenance[name] for name in NETWORK_NAMES)
     assert matting["kind"] == "published_checkpoint"
-    assert (matting["file"], matting["sha256"]) == (PUBLISHED_MODNET_FILE, sha256(checkpoint))
+    assert (matting["file"], matting["sha256"]) == (PUBLISHED_MODNET_CHECKPOINT_FILE, sha256(checkpoint))
     assert "the published MODNet checkpoint" in matting["note"]
     assert (blending["kind"], blending["file"], blending["sha256"]) == (
         "trained", "blending.safetensors", sha256(default_weights("blending")))

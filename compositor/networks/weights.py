@@ -39,8 +39,25 @@ def architectures() -> dict[str, type[nn.Module]]:
     """The networks a weights file can hold, by class name."""
     from compositor.networks.blending import BlendingUNet
     from compositor.networks.harmonization import HarmonizationUNet
+    from compositor.networks.modnet import MODNet
 
-    return {cls.__name__: cls for cls in (BlendingUNet, HarmonizationUNet)}
+    return {cls.__name__: cls for cls in (BlendingUNet, HarmonizationUNet, MODNet)}
+
+
+def shared_aliases(model: nn.Module) -> dict[str, str]:
+    """State-dict keys whose tensor is the same as an earlier key's: ``{alias: first key}``.
+
+    MODNet holds its encoder twice (``backbone.*`` and ``lr_branch.backbone.*``, one module);
+    safetensors refuses to store shared tensors, so a file holds each once and loading restores
+    the aliases.
+    """
+    first: dict[int, str] = {}
+    aliases = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        owner = first.setdefault(id(tensor), key)
+        if owner != key:
+            aliases[key] = owner
+    return aliases
 
 
 def check_file(path: Path, what: str) -> None:
@@ -55,7 +72,7 @@ def save_network(model: nn.Module, path: str | Path, provenance: dict | None = N
     """Write ``model``'s weights, architecture and provenance to a safetensors file (atomically).
 
     Args:
-        model: a ``BlendingUNet`` or ``HarmonizationUNet``.
+        model: a ``BlendingUNet``, ``HarmonizationUNet`` or ``MODNet``.
         path: destination, conventionally ``*.safetensors``.
         provenance: how the weights were made (data, steps, seed, commit); stored verbatim as JSON.
         half: store floating-point tensors as float16 (half the file; loading casts them back to the
@@ -74,9 +91,11 @@ def save_network(model: nn.Module, path: str | Path, provenance: dict | None = N
         "provenance": json.dumps(provenance or {}),
         "storage_dtype": "float16" if half else "float32",
     }
+    aliases = shared_aliases(model)
     tensors = {
         key: (value.half() if half and value.is_floating_point() else value).detach().cpu().contiguous()
         for key, value in model.state_dict().items()
+        if key not in aliases
     }
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
@@ -113,6 +132,9 @@ def describe_provenance(provenance: dict) -> str:
     """One line on how weights were made (the full record stays in the file's metadata)."""
     if not provenance:
         return "no provenance recorded"
+    if provenance.get("kind") == "published":
+        return (f"{provenance.get('model')}, converted from {provenance.get('obtained_from')} (ONNX sha256 "
+                f"{str(provenance.get('onnx_sha256'))[:12]}), Apache-2.0 (MODNet)")
     if provenance.get("trained_by") == "compositor train":
         return (f"trained by compositor train on {provenance.get('data', {}).get('data', '?')}: step "
                 f"{provenance.get('best_step')} of {provenance.get('steps_trained')}, commit {provenance.get('commit')}")
@@ -146,6 +168,9 @@ def load_network(path: str | Path, expected: type[nn.Module] | None = None) -> n
         raise WeightsError(f"{path}: its hyperparameters do not build a {architecture} ({error})") from error
     with safe_open(str(path), framework="pt") as handle:
         state = {key: handle.get_tensor(key) for key in handle.keys()}
+    for alias, key in shared_aliases(model).items():
+        if key in state:
+            state.setdefault(alias, state[key])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:  # missing, unexpected or mis-shaped tensors

@@ -35,9 +35,10 @@ weights came from, as a JSON string ``{"kind", "file", "sha256", "note"}`` (``PR
 The export records it (``export_report.json``, ``weights.provenance``), the repository generator
 copies it into the configs, and the client reads it back to warn about untrained networks."""
 
-PROVENANCE_KINDS = ("trained", "published_checkpoint", "untrained", "unknown")
-"""``trained``: our safetensors file (``weights/``); ``published_checkpoint``: a MODNet checkpoint in
-the published format; ``untrained``: the seeded initialisation; ``unknown``: not recorded (a
+PROVENANCE_KINDS = ("trained", "published", "published_checkpoint", "untrained", "unknown")
+"""``trained``: our safetensors file (``weights/``); ``published``: the published MODNet converted by
+set-up (``weights/modnet_photographic_portrait_matting.safetensors``); ``published_checkpoint``: a
+MODNet checkpoint in the published format; ``untrained``: the seeded initialisation; ``unknown``: not recorded (a
 repository generated without an export, or from an export made before provenance was recorded)."""
 
 PROVENANCE_FIELDS = ("kind", "file", "sha256", "note")
