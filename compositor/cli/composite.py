@@ -1,7 +1,7 @@
 """Composite a portrait onto a new, complete background (in-process with --local, or via Triton).
 
 Writes DIR/alpha.png, DIR/blended.png, DIR/harmonized.png at the source's size and
-DIR/comparison.png (source | background | linear paste | blended | harmonized, and below them the
+DIR/comparison.png (source | matte | background | linear paste | blended | harmonized, and below them the
 three composites enlarged where the matte's edge is softest).
 
 Exactly one of --local (eager PyTorch in this process) or --url (a Triton server running the
@@ -41,6 +41,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from compositor import imaging
 from compositor.cli import CommandError, subcommand_parser
@@ -295,6 +297,7 @@ def write_outputs(out_dir: Path, source, background, result: CompositeResult) ->
     comparison = comparison_strip(
         [
             ("source", source),
+            ("matte", np.repeat(result.alpha, 3, axis=-1)),
             ("background", background_full),
             ("linear paste", pasted),
             ("blended", result.blended),
