@@ -225,6 +225,7 @@ def postprocess(
     network_source: np.ndarray,
     network_background: np.ndarray,
     network_alpha: np.ndarray,
+    network_refined_alpha: np.ndarray,
     network_blended: np.ndarray,
     network_harmonized: np.ndarray,
     alpha: np.ndarray | None = None,
@@ -235,28 +236,34 @@ def postprocess(
     each network added at network resolution; so a network that changes nothing (e.g. an untrained
     one) gives exactly linear blending at full resolution, with all the source's detail.
 
+    The matte goes the same way: the full-resolution matte is the given one (MODNet's upsampled, or
+    the client's as it is) plus the upsampled correction blending made to it near its edge
+    (``network_refined_alpha - network_alpha``), so every output uses the matte blending used.
+
     Args:
         source, background_full: uint8 ``[B, H, W, 3]`` (the canvas and the cover-resized background).
-        network_*: float32 NCHW tensors at network resolution (``network_alpha`` is the matte the
-            networks used).
-        alpha: the client's uint8 ``[B, H, W, 1]`` matte, if any; used as is at full resolution.
+        network_*: float32 NCHW tensors at network resolution (``network_alpha`` is the matte given
+            to blending, ``network_refined_alpha`` the one blending composited with).
+        alpha: the client's uint8 ``[B, H, W, 1]`` matte, if any: the full-resolution matte to correct.
 
     Returns:
-        ``alpha`` uint8 ``[B, H, W, 1]``, ``blended`` and ``harmonized`` uint8 ``[B, H, W, 3]``.
+        ``alpha`` uint8 ``[B, H, W, 1]`` (the matte used), ``blended`` and ``harmonized`` uint8 ``[B, H, W, 3]``.
     """
     size = source.shape[1:3]
     if alpha is None:
-        full_alpha = np.clip(upsample(network_alpha, size), 0.0, 1.0)
+        # Resizing is linear: upsample(alpha) + upsample(refined - alpha) is upsample(refined).
+        full_alpha = np.clip(upsample(network_refined_alpha, size), 0.0, 1.0)
     else:
-        full_alpha = alpha.astype(np.float32) / np.float32(255.0)
+        correction = upsample(network_refined_alpha - network_alpha, size)
+        full_alpha = np.clip(alpha.astype(np.float32) / np.float32(255.0) + correction, 0.0, 1.0)
     full_linear = full_alpha * (source / np.float32(255.0)) + (1.0 - full_alpha) * (background_full / np.float32(255.0))
-    network_linear = network_alpha * network_source + (1.0 - network_alpha) * network_background
+    network_linear = network_refined_alpha * network_source + (1.0 - network_refined_alpha) * network_background
     blended = full_linear + upsample(network_blended - network_linear, size)
     # Resizing is linear, so upsampling harmonized - linear equals the blended residual plus the
     # harmonization residual, in one resize instead of two.
     harmonized = full_linear + upsample(network_harmonized - network_linear, size)
     return {
-        "alpha": alpha if alpha is not None else to_uint8(full_alpha),
+        "alpha": to_uint8(full_alpha),
         "blended": to_uint8(blended),
         "harmonized": to_uint8(harmonized),
     }

@@ -29,8 +29,9 @@ class Pipeline(ABC):
     resolution: tuple[int, int]
 
     @abstractmethod
-    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
-        """Run network ``name`` on float32 NCHW inputs in spec order; returns its one output."""
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run network ``name`` on float32 NCHW inputs in spec order; returns its output, or its
+        outputs in spec order where it has several."""
 
     def run_networks(self, prepared: imaging.Prepared) -> dict[str, np.ndarray]:
         """Network-resolution stage (``spec.CHAIN``): float32 NCHW chain tensors by name.
@@ -66,6 +67,7 @@ class Pipeline(ABC):
             prepared.source,
             prepared.background,
             outputs["alpha"],
+            outputs["refined_alpha"],
             outputs["blended"],
             outputs["harmonized"],
             alpha=alpha,
@@ -89,8 +91,9 @@ class EagerPipeline(Pipeline):
         self.models = contract_models(networks)
 
     @torch.inference_mode()
-    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
-        return self.models[name](*(torch.from_numpy(x) for x in inputs)).numpy()
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        outputs = self.models[name](*(torch.from_numpy(x) for x in inputs))
+        return tuple(output.numpy() for output in outputs) if isinstance(outputs, tuple) else outputs.numpy()
 
 
 class OnnxRuntimePipeline(Pipeline):
@@ -115,7 +118,7 @@ class OnnxRuntimePipeline(Pipeline):
             name: create_session(Path(onnx_dir) / onnx_file(name, precision), intra_op_threads) for name in NETWORKS
         }
 
-    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         spec = NETWORKS[name]
-        feeds = dict(zip(spec.input_names(), inputs))
-        return self.sessions[name].run(spec.output_names(), feeds)[0]
+        outputs = self.sessions[name].run(spec.output_names(), dict(zip(spec.input_names(), inputs)))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)

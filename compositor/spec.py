@@ -72,8 +72,10 @@ MATTING = ModelSpec("matting", inputs=(_f32("image", 3),), outputs=(_f32("alpha"
 BLENDING = ModelSpec(
     "blending",
     inputs=(_f32("source", 3), _f32("alpha", 1), _f32("background", 3)),
-    outputs=(_f32("blended", 3),),
+    outputs=(_f32("blended", 3), _f32("refined_alpha", 1)),
 )
+"""``refined_alpha`` is the matte the blending net actually composited with (its edge correction
+applied; the input matte itself for a net without one): harmonization and post-processing use it."""
 HARMONIZATION = ModelSpec(
     "harmonization",
     inputs=(_f32("composite", 3), _f32("mask", 1), _f32("background", 3)),
@@ -104,7 +106,7 @@ ENSEMBLES: dict[str, ModelSpec] = {m.name: m for m in (COMPOSITE, COMPOSITE_WITH
 
 # --- The chain: which network feeds which input, declared once. ---------------------------------
 # Chain tensors live at the network resolution: ``source`` and ``background`` come from
-# preprocessing; every step adds its network's single output under its own name. The eager and
+# preprocessing; every step adds its network's outputs under the chain names it declares. The eager and
 # ONNX Runtime pipelines, the Triton ensembles, the export parity feeds and the benchmarks all walk
 # this table; nothing else says which network feeds which.
 
@@ -116,46 +118,59 @@ class ChainStep:
     Attributes:
         network: the network's name (a key of ``NETWORKS``).
         inputs: the network's input names, in spec order, mapped to the chain tensors they read.
-        output: the chain tensor the network's single output becomes.
+        outputs: the chain tensors the network's outputs become, in the network's output order.
     """
 
     network: str
     inputs: tuple[tuple[str, str], ...]
-    output: str
+    outputs: tuple[str, ...]
 
     def reads(self) -> tuple[str, ...]:
         """The chain tensors this step reads, in the network's input order."""
         return tuple(chain_tensor for _, chain_tensor in self.inputs)
+
+    def writes(self) -> dict[str, str]:
+        """The network's output names mapped to the chain tensors they become."""
+        return dict(zip(NETWORKS[self.network].output_names(), self.outputs))
 
 
 CHAIN_INPUTS = ("source", "background")
 """Chain tensors that preprocessing provides (``alpha`` too when the client brings a matte)."""
 
 CHAIN: tuple[ChainStep, ...] = (
-    ChainStep("matting", (("image", "source"),), "alpha"),
-    ChainStep("blending", (("source", "source"), ("alpha", "alpha"), ("background", "background")), "blended"),
+    ChainStep("matting", (("image", "source"),), ("alpha",)),
     ChainStep(
-        "harmonization", (("composite", "blended"), ("mask", "alpha"), ("background", "background")), "harmonized"
+        "blending", (("source", "source"), ("alpha", "alpha"), ("background", "background")), ("blended", "refined_alpha")
+    ),
+    ChainStep(
+        "harmonization",
+        (("composite", "blended"), ("mask", "refined_alpha"), ("background", "background")),
+        ("harmonized",),
     ),
 )
-"""matting -> blending -> harmonization. A step whose output is already given (a client's matte)
-is skipped."""
+"""matting -> blending -> harmonization. A step whose outputs are already given (a client's matte)
+is skipped. Harmonization takes the matte blending corrected, the one its input was composited with."""
 
 
 def chain_steps(given: Iterable[str] = CHAIN_INPUTS) -> tuple[ChainStep, ...]:
-    """The steps that run when the chain tensors ``given`` are provided: those whose output is not."""
+    """The steps that run when the chain tensors ``given`` are provided: those whose outputs are not."""
     given = set(given)
-    return tuple(step for step in CHAIN if step.output not in given)
+    return tuple(step for step in CHAIN if not given.issuperset(step.outputs))
 
 
-def run_chain(run_network: Callable[..., T], tensors: Mapping[str, T]) -> dict[str, T]:
-    """Walk the chain: ``run_network(name, *inputs)`` for each step whose output is not in ``tensors``.
+def run_chain(run_network: Callable[..., T | tuple[T, ...]], tensors: Mapping[str, T]) -> dict[str, T]:
+    """Walk the chain: ``run_network(name, *inputs)`` for each step whose outputs are not in ``tensors``.
 
+    ``run_network`` returns a network's one output, or a tuple (list) of its outputs in spec order.
     Returns every chain tensor, the given ones included, by chain name.
     """
     values = dict(tensors)
     for step in chain_steps(values):
-        values[step.output] = run_network(step.network, *(values[name] for name in step.reads()))
+        result = run_network(step.network, *(values[name] for name in step.reads()))
+        results = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+        if len(results) != len(step.outputs):
+            raise ValueError(f"{step.network} returned {len(results)} outputs, the chain expects {step.outputs}")
+        values.update(zip(step.outputs, results))
     return values
 
 

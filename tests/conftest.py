@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compositor.networks.blending import BlendingUNet
 from compositor.networks.defaults import MODNET_WEIGHTS_VARIABLE
 from compositor.networks.factory import load_networks
 
@@ -32,16 +33,22 @@ SMALL_RESOLUTION = (64, 64)
 
 @pytest.fixture(scope="session")
 def nontrivial_networks():
-    """The default networks with small random residual heads on the blending and harmonization nets.
+    """The default networks with small random residual heads on the blending and harmonization nets,
+    and a blending net that corrects the matte (a random ``alpha_head``, as the shipped net has one).
 
     Untrained, both nets pass their input through exactly, so a wiring mistake downstream (a
-    swapped input, a dropped residual) would go unnoticed; these heads make every net matter.
+    swapped input, a dropped residual, the uncorrected matte handed on) would go unnoticed; these
+    heads make every net and both of blending's outputs matter.
     """
     networks = load_networks(trained_defaults=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        networks.blending = BlendingUNet(refine_alpha=True).eval()
     generator = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for net in (networks.blending, networks.harmonization):
             net.residual_head.weight.normal_(0.0, 0.2, generator=generator)
+        networks.blending.alpha_head.weight.normal_(0.0, 0.5, generator=generator)
     return networks
 
 

@@ -336,6 +336,8 @@ def test_evaluation_of_untrained_nets_equals_the_baselines_they_start_from(batch
     )
     results = evaluation.evaluate(BlendingUNet(base_channels=8), harmonizers, [batch], clips=2)
     assert results["blending"]["boundary_psnr"] == results["blending"]["linear_boundary_psnr"]
+    assert results["blending"]["outside_psnr"] == results["blending"]["linear_outside_psnr"]
+    assert results["blending"]["outside_loss_db"] == 0.0
     assert results["harmonization"]["psnr"] == results["harmonization"]["colour_transfer_psnr"]
     assert results["harmonization"]["colour_transfer_psnr"] > results["harmonization"]["copy_paste_psnr"]
     assert set(results["video"]) >= {"flicker", "partial_cue_flicker", "colour_transfer_flicker"}
@@ -385,7 +387,7 @@ def test_train_resume_and_evaluate_from_the_command_line_on_a_folder_of_photos(t
     assert run.returncode == 0, run.stderr
     assert "Table 1" in run.stdout and "Table 2" in run.stdout
     results = json.loads(report.read_text())
-    for key in ("blending.boundary_psnr", "blending.linear_boundary_psnr", "harmonization.psnr", "harmonization.copy_paste_psnr",
+    for key in ("blending.boundary_psnr", "blending.linear_boundary_psnr", "blending.outside_psnr", "harmonization.psnr", "harmonization.copy_paste_psnr",
                 "harmonization.partial_cue_psnr", "harmonization.colour_transfer_psnr", "video.flicker"):
         section, name = key.split(".")
         assert np.isfinite(results[section][name]), key

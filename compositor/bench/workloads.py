@@ -99,12 +99,17 @@ def device_workloads(forwards: dict[str, Callable], names: tuple[str, ...]) -> d
     """
 
     def network(name: str) -> Callable[..., dict]:
-        output = spec.NETWORKS[name].outputs[0].name
-        return lambda *inputs: {output: forwards[name](*inputs)}
+        outputs = spec.NETWORKS[name].output_names()
+
+        def run(*inputs) -> dict:
+            results = forwards[name](*inputs)
+            return dict(zip(outputs, results if isinstance(results, (tuple, list)) else (results,)))
+
+        return run
 
     def chain(*inputs) -> dict:
         values = spec.run_chain(lambda name, *tensors: forwards[name](*tensors), dict(zip(spec.CHAIN_INPUTS, inputs)))
-        return {step.output: values[step.output] for step in spec.CHAIN}
+        return {output: values[output] for step in spec.CHAIN for output in step.outputs}
 
     return {name: chain if name == CHAIN else network(name) for name in names}
 

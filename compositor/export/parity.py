@@ -61,6 +61,7 @@ FP32_MAX_ABS_ERROR = 1e-4
 
 FP16_TOLERANCES: dict[str, dict[str, float]] = {
     "alpha": {"max_abs_error": 0.02},
+    "refined_alpha": {"max_abs_error": 0.02},
     "blended": {"psnr_db": 40.0},
     "harmonized": {"psnr_db": 40.0},
 }
@@ -142,8 +143,12 @@ def photo_feeds(models: dict[str, nn.Module], resolution: tuple[int, int]) -> di
         backgrounds.append(prepared.background)
     chain = {"source": np.concatenate(sources), "background": np.concatenate(backgrounds)}
     with torch.no_grad():
-        chain = spec.run_chain(lambda name, *inputs: models[name](*map(torch.from_numpy, inputs)).numpy(), chain)
+        chain = spec.run_chain(lambda name, *inputs: _numpy(models[name](*map(torch.from_numpy, inputs))), chain)
     return spec.network_feeds(chain)
+
+
+def _numpy(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> np.ndarray | tuple[np.ndarray, ...]:
+    return tuple(output.numpy() for output in outputs) if isinstance(outputs, tuple) else outputs.numpy()
 
 
 def random_feeds(resolution: tuple[int, int], batch: int = RANDOM_BATCH, seed: int = RANDOM_SEED) -> dict[str, dict[str, np.ndarray]]:
@@ -208,11 +213,12 @@ def run_onnx(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dic
 
 
 def run_eager(model: nn.Module, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a contract model on named inputs; returns its single output by its spec name."""
+    """Run a contract model on named inputs; returns its outputs by their spec names."""
     model_spec = spec.NETWORKS[name]
     with torch.no_grad():
-        output = model(*(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in model_spec.inputs))
-    return {model_spec.outputs[0].name: output.numpy()}
+        outputs = model(*(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in model_spec.inputs))
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return {tensor.name: output.numpy() for tensor, output in zip(model_spec.outputs, outputs)}
 
 
 # --- Comparing ------------------------------------------------------------------------------------

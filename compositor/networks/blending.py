@@ -71,6 +71,13 @@ class BlendingUNet(nn.Module):
 
     def forward(self, source: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
         """Blend ``source`` onto ``background`` (all [B, C, H, W] in [0, 1]); returns [B, 3, H, W]."""
+        return self.blend(source, alpha, background)[0]
+
+    def blend(
+        self, source: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The composite [B, 3, H, W] and the matte it was made with [B, 1, H, W] (``alpha`` corrected
+        at its edge with ``refine_alpha``, else ``alpha`` itself): what the chain hands on."""
         skips = self.encoders(torch.cat([source, alpha, background], dim=1))
         features = skips[-1]
         for decoder, skip in zip(self.decoders, reversed(skips[:-1])):
@@ -78,4 +85,4 @@ class BlendingUNet(nn.Module):
         residual = self.residual_head(features)
         if self.alpha_head is not None:
             alpha = (alpha + edge_region(alpha) * self.alpha_head(features)).clamp(0.0, 1.0)
-        return (linear_composite(source, alpha, background) + residual).clamp(0.0, 1.0)
+        return (linear_composite(source, alpha, background) + residual).clamp(0.0, 1.0), alpha

@@ -246,9 +246,9 @@ def ensemble_steps(with_alpha: bool) -> list[dict]:
     steps = [_step(PREPROCESS.name, _same_names(client_inputs), _same_names(prepared))]
     given = CHAIN_INPUTS + (("alpha",) if with_alpha else ())
     for step in chain_steps(given):
-        network_output = NETWORKS[step.network].output_names()[0]
         input_map = {name: ensemble_tensor(chain_tensor) for name, chain_tensor in step.inputs}
-        steps.append(_step(step.network, input_map, {network_output: ensemble_tensor(step.output)}))
+        output_map = {name: ensemble_tensor(chain_tensor) for name, chain_tensor in step.writes().items()}
+        steps.append(_step(step.network, input_map, output_map))
     post_inputs = [t.name for t in POSTPROCESS.inputs if with_alpha or t.name not in OPTIONAL_INPUTS[POSTPROCESS.name]]
     # With the client's matte, postprocess's ``alpha`` output would only echo it: not an output.
     post_outputs = ENSEMBLES["composite_with_alpha" if with_alpha else "composite"].output_names()
