@@ -51,7 +51,7 @@ from torch import nn
 
 from compositor import imaging, spec
 from compositor.errors import CompositorError
-from compositor.export.metrics import OutputComparison, compare, error_bounds, psnr_db  # noqa: F401 - compare: re-exported
+from compositor.export.metrics import OutputComparison, compare, error_bounds, psnr_db, with_band_errors  # noqa: F401 - compare: re-exported
 from compositor.onnx_runtime import create_session
 
 log = logging.getLogger(__name__)
@@ -273,12 +273,12 @@ def compare_runners(
             actual = actual_iterations[index][output]
             polygraphy = verdicts[index][output]
             finite = bool(np.all(np.isfinite(actual)))
-            comparison = OutputComparison(
+            comparison = with_band_errors(OutputComparison(
                 max_abs_error=polygraphy.max_absdiff if finite else math.inf,
                 mean_abs_error=polygraphy.mean_absdiff if finite else math.inf,
                 psnr_db=psnr_db(expected, actual),
                 finite=finite,
-            )
+            ), expected, actual)
             report.cases[case][output] = comparison
             if not finite:
                 report.failures.append(f"{case}/{output}: not finite (inf or nan)")
