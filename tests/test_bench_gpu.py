@@ -54,14 +54,14 @@ def test_dry_run_writes_one_row_per_mode_and_workload_with_perf_analyzer_fields(
     assert {"machine", "settings", "results", "skipped", "wall_time_s"} <= report.keys()
     assert report["complete"] is True and report["errors"] == [] and report["skipped"] == []
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["peak_tflops"]["fp32"] > 0
-    assert report["settings"]["resolution"] == "64x64" and report["settings"]["batches"] == [1]
+    assert report["settings"]["resolution"] == "64" and report["settings"]["batches"] == [1]
     rows = {(r["mode"], r["workload"]) for r in report["results"]}
     assert rows == {(m, w) for m in ("eager_fp32", "eager_fp16") for w in ("matting", "blending", "harmonization", "chain")}
     for row in report["results"]:
         percentiles = [row[f"perf_latency_p{p}"] for p in (50, 90, 95, 99)]
         assert percentiles == sorted(percentiles) and percentiles[0] > 0
         assert row["perf_throughput"] > 0 and row["achieved_tflops"] > 0
-        assert (row["batch"], row["resolution"], row["iterations"], row["warmup"]) == (1, "64x64", 2, 1)
+        assert (row["batch"], row["resolution"], row["iterations"], row["warmup"]) == (1, "64", 2, 1)
         assert row["peak_memory_mb"] is None  # PyTorch's CUDA allocator only
 
 

@@ -8,7 +8,7 @@ from compositor import imaging, spec
 from compositor.networks.factory import load_networks
 from compositor.pipeline import EagerPipeline
 
-RESOLUTION = (64, 64)  # small network resolution: the plumbing is what is under test here
+RESOLUTION = 64  # aspect buckets with a small short side: the plumbing is what is under test here
 
 
 @pytest.fixture(scope="module")

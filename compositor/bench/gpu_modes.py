@@ -140,13 +140,13 @@ def tensorrt_skip_reason(device: str) -> str | None:
 
 
 def tensorrt_forwards(
-    models: dict[str, nn.Module], resolution: tuple[int, int], max_batch: int, work_dir: Path
+    models: dict[str, nn.Module], resolution: spec.Resolution, max_batch: int, work_dir: Path
 ) -> tuple[dict[str, Forward], dict]:
     """Export, check and build an engine per network with the export's own per-network function.
 
     Args:
         models: contract models on the CPU (ONNX export traces on the CPU).
-        resolution: network (height, width).
+        resolution: the network resolution (the engines' profiles cover its buckets).
         max_batch: the engines' profile max (at least the largest benchmarked batch).
         work_dir: where the ONNX files and plans go.
 

@@ -27,7 +27,7 @@ from compositor.client.remote import CompositorClient
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository
 from compositor.serving.server import TritonServer, free_port
-from compositor.spec import COMPOSITE, NETWORKS
+from compositor.spec import COMPOSITE, NETWORKS, Resolution
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ ENSEMBLE = COMPOSITE.name
 
 
 @contextlib.contextmanager
-def triton_endpoint(url: str | None, onnx_dir: Path, resolution: tuple[int, int]):
+def triton_endpoint(url: str | None, onnx_dir: Path, resolution: Resolution):
     """Yield ``(grpc_url, server_pid or None)``: the given server, or one started for the run."""
     if url:
         yield url, None

@@ -114,8 +114,8 @@ def device_workloads(forwards: dict[str, Callable], names: tuple[str, ...]) -> d
     return {name: chain if name == CHAIN else network(name) for name in names}
 
 
-def device_workload_inputs(workload: str, resolution: tuple[int, int], batch: int, device: torch.device) -> list[torch.Tensor]:
-    """Seeded [0, 1] inputs in the spec's order; the chain takes ``spec.CHAIN_INPUTS``.
+def device_workload_inputs(workload: str, size: tuple[int, int], batch: int, device: torch.device) -> list[torch.Tensor]:
+    """Seeded [0, 1] inputs at ``size`` (one bucket) in the spec's order; the chain takes ``spec.CHAIN_INPUTS``.
 
     Made as inference tensors, like the chain's intermediate tensors, so a network compiled on
     these inputs sees the same kind of tensor inside the chain (no recompilation).
@@ -124,6 +124,6 @@ def device_workload_inputs(workload: str, resolution: tuple[int, int], batch: in
 
     from compositor.networks.complexity import example_chain_inputs, example_inputs
 
-    tensors = example_chain_inputs(resolution, batch) if workload == CHAIN else example_inputs(workload, resolution, batch)
+    tensors = example_chain_inputs(size, batch) if workload == CHAIN else example_inputs(workload, size, batch)
     with torch.inference_mode():
         return [tensor.to(device, copy=True) for tensor in tensors]

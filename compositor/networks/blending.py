@@ -24,6 +24,7 @@ from compositor.networks.layers import (
     dilate,
     erode,
     linear_composite,
+    short_side,
     unet_widths,
     upsample_to,
     zero_initialised_conv,
@@ -31,17 +32,19 @@ from compositor.networks.layers import (
 
 
 EDGE_FRACTION = 1 / 32
-"""The matte correction acts within this fraction of the image side of the given matte's edge."""
+"""The matte correction acts within this fraction of the image's short side of the given matte's edge."""
 
 
 def edge_region(alpha: torch.Tensor) -> torch.Tensor:
-    """1 within ``EDGE_FRACTION`` of the side from any edge of ``alpha`` (dilation minus erosion), else 0.
+    """1 within ``EDGE_FRACTION`` of the short side from any edge of ``alpha`` (dilation minus erosion), else 0.
 
     A matting network's errors sit at the matte's edge; far inside the subject or the background the
     matte is right, and a correction there could only wash the subject out (seen at 512 pixels with
     a net trained at 256 before this gate existed).
     """
-    radius = max(1, int(alpha.shape[-1] * EDGE_FRACTION))
+    # The short side, not the width: the same radius at every aspect bucket of a deployment, which
+    # is what the ONNX export bakes in (see ``short_side``); unchanged for square inputs.
+    radius = max(1, int(short_side(alpha) * EDGE_FRACTION))
     dilated, eroded = dilate(alpha, radius), erode(alpha, radius)
     # A steep ramp: 1 wherever dilation and erosion differ by 0.01 or more; plain float arithmetic
     # (Mul, Clip) in every runtime, no BOOL tensor in the graph.

@@ -31,6 +31,7 @@ from compositor.networks.layers import (
     UNetEncoder,
     decoder_pairs,
     dilate,
+    short_side,
     unet_widths,
     upsample_to,
     zero_initialised_conv,
@@ -123,7 +124,7 @@ class ImageColourTransfer(nn.Module):
     # Lab units per unit of the head's mean output: keeps the head's weights near 1e-2 for shifts
     # of a few L/a/b units, the scale Adam's steps suit.
     mean_scale = 10.0
-    # The partial cue's region: the surroundings within this fraction of the image side.
+    # The partial cue's region: the surroundings within this fraction of the image's short side.
     surround_fraction = 1 / 8
 
     def __init__(self, feature_channels: int = 32, hidden_channels: int = 64, input_scale: int = 4):
@@ -147,7 +148,7 @@ class ImageColourTransfer(nn.Module):
         unknown (partial cue), its visible surroundings."""
         if background_weights is None:
             return mask
-        radius = max(1, int(mask.shape[-1] * self.surround_fraction) // 2)
+        radius = max(1, int(short_side(mask) * self.surround_fraction) // 2)  # see short_side
         near = dilate(mask, radius)
         return near * background_weights
 
