@@ -107,7 +107,8 @@ def test_postprocess_upsamples_outputs_of_any_bucket_to_the_source_canvas():
     background_full = _photo("coffee", (240, 360))[None]
     prepared = imaging.preprocess(source, background_full, 64)
     alpha = np.full((1, 1, 64, 96), 0.5, np.float32)
-    outputs = imaging.postprocess(source, background_full, prepared.source, prepared.background, alpha, prepared.source, prepared.source)
+    outputs = imaging.postprocess(source, background_full, prepared.source, prepared.background, alpha, alpha,
+                                  prepared.source, prepared.source)
     assert outputs["alpha"].shape == (1, 240, 360, 1)
     assert outputs["blended"].shape == outputs["harmonized"].shape == (1, 240, 360, 3)
     assert np.all(outputs["alpha"] == 128)

@@ -27,7 +27,7 @@ from compositor.export import fp16, parity, pipeline, readiness
 from compositor.export.onnx_export import ExportError, check_contract, export_fp32
 from compositor.export.parity import ParityError
 from compositor.export.trt_ops import check_operators, tensorrt_operators
-from compositor.networks.contract import MattingModel, contract_models
+from compositor.networks.contract import BlendingModel, MattingModel, contract_models
 from compositor.networks.factory import load_networks
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
 
@@ -158,8 +158,13 @@ def test_the_edge_band_of_the_matte_correction_follows_the_short_side_at_every_b
 def test_an_exported_blending_net_with_matte_correction_matches_eager_at_every_bucket(tmp_path):
     # The ONNX graph is traced at the square bucket; the matte correction's edge band radius is a
     # constant in it. Eager recomputes it per input, so any bucket where the two differ fails here.
-    model = contract_models(load_networks())["blending"]
-    assert model.alpha_head is not None and model.alpha_head.weight.abs().max() > 0, "trained weights refine the matte"
+    from compositor.networks.blending import BlendingUNet
+    from compositor.networks.defaults import weights_dir
+    from compositor.networks.weights import load_network
+
+    blending = load_network(weights_dir() / "blending_matte_correction.safetensors", expected=BlendingUNet)
+    assert blending.alpha_head is not None and blending.alpha_head.weight.abs().max() > 0, "trained weights refine the matte"
+    model = BlendingModel(blending).eval()
     path = export_fp32(model, "blending", tmp_path / "blending.onnx", RESOLUTION)
     session = parity.onnxruntime_session(path)
 
@@ -169,10 +174,11 @@ def test_an_exported_blending_net_with_matte_correction_matches_eager_at_every_b
         # everywhere, whatever the radius).
         feeds["alpha"] = np.zeros_like(feeds["alpha"])
         feeds["alpha"][..., 16:-16, 16:-16] = 1.0
-        expected = parity.run_eager(model, "blending", feeds)["blended"]
-        actual = parity.run_onnx(session, feeds)["blended"]
-        assert actual.shape == (2, 3, *size)
-        assert np.abs(actual - expected).max() < 1e-4, size
+        expected, actual = parity.run_eager(model, "blending", feeds), parity.run_onnx(session, feeds)
+        assert actual["blended"].shape == (2, 3, *size)
+        for output in ("blended", "refined_alpha"):
+            assert np.abs(actual[output] - expected[output]).max() < 1e-4, (size, output)
+        assert np.abs(expected["refined_alpha"] - feeds["alpha"]).max() > 0.01, "the correction must act"
 
 
 def test_the_shipped_trained_weights_export_with_fp32_parity_and_pass_fp16_on_the_first_rung(tmp_path):
