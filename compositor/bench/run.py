@@ -147,7 +147,7 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
                 measured = measure(workload.call, load)
             row = _result_row(workload.mode, workload.workload, level, settings, measured, flops[workload.workload])
             if url:
-                breakdown = triton_target.server_breakdown(before, triton_target.statistics(url))
+                breakdown = triton_target.server_breakdown(before, triton_target.settled_statistics(url))
                 row["server"] = breakdown
                 top = breakdown.get(triton_target.ENSEMBLE if workload.workload == CHAIN else workload.workload, {})
                 row.update({key: value for key, value in top.items() if key.startswith("perf_server")})
