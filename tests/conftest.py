@@ -26,7 +26,8 @@ from compositor.spec import Resolution, aspect_buckets
 # or server a test starts, which inherit the environment) sees a machine where set-up could not
 # obtain it. Tests of the default path convert a small ONNX made from the shared fixture instead
 # (tests/modnet_onnx_fixture.py) and point this variable at it.
-os.environ[MODNET_WEIGHTS_VARIABLE] = str(Path(tempfile.gettempdir()) / "compositor-tests" / "no-published-modnet.safetensors")
+# A folder of this session's own: nothing a test (or another checkout's suite) writes can appear there.
+os.environ[MODNET_WEIGHTS_VARIABLE] = str(Path(tempfile.mkdtemp(prefix="compositor-tests-")) / "no-published-modnet.safetensors")
 
 SMALL_RESOLUTION = aspect_buckets(64)
 """Network resolution of the servers tests start: aspect buckets like the default's, fast on a 2-core CPU."""

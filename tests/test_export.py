@@ -236,7 +236,8 @@ def test_fp16_onnx_has_fp32_io_and_keeps_normalisation_statistics_in_fp32(export
     adain_sums = [n for n in harmonization.graph.node if n.op_type in ("ReduceSum", "ReduceMean")]
     convs = [n for n in harmonization.graph.node if n.op_type == "Conv"]
 
-    assert len(instance_norms) == 16 and len(adain_sums) == 20
+    # 20 sums of the masked statistics, each over rows then columns (colour.py: _sum_over_image).
+    assert len(instance_norms) == 16 and len(adain_sums) == 40
     assert all(types["matting"][n.output[0]] == TensorProto.FLOAT for n in instance_norms)
     assert all("/adain" in n.name and types["harmonization"][n.output[0]] == TensorProto.FLOAT for n in adain_sums)
     assert all(types["harmonization"][n.output[0]] == TensorProto.FLOAT16 for n in convs)

@@ -92,10 +92,12 @@ def autocast_forward(forward: Forward, device: torch.device) -> Forward:
     """
     import torch
 
-    def call(*inputs: torch.Tensor) -> torch.Tensor:
+    def call(*inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         with torch.autocast(device.type, dtype=torch.float16):
-            output = forward(*inputs)
-        return output.float()
+            outputs = forward(*inputs)
+        if isinstance(outputs, tuple):  # a network with several outputs (blending: blended, refined_alpha)
+            return tuple(output.float() for output in outputs)
+        return outputs.float()
 
     return call
 
