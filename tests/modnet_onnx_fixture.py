@@ -3,7 +3,7 @@
 The published ``modnet.onnx`` was exported with each MobileNetV2 BatchNorm folded into the
 convolution before it (so those convolutions carry a bias and lost their parameter names), while
 everything after the encoder keeps MODNet's names. This builds the same kind of file from
-``../shared/fixtures/modnet`` (seeded random weights, randomised BatchNorm statistics), so the
+``tests/data/modnet`` (the shared fixture: seeded random weights, randomised BatchNorm statistics), so the
 conversion is tested without the download.
 """
 
@@ -19,7 +19,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "modnet"
+FIXTURE = Path(__file__).resolve().parent / "data" / "modnet"
 CHECKPOINT = FIXTURE / "modnet_official_format_random.ckpt"
 
 
