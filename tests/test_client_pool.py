@@ -22,7 +22,7 @@ from compositor.pipeline import EagerPipeline
 from compositor.serving.server import free_port
 from compositor.spec import aspect_buckets
 
-from triton_probes import interruptible
+from triton_probes import INTERRUPTIBLE
 
 pytestmark = pytest.mark.triton
 
@@ -128,7 +128,7 @@ def test_ctrl_c_in_a_shared_memory_run_leaves_no_region_on_the_server_or_in_dev_
 
     from compositor.client.shared_memory import server_regions
 
-    run = subprocess.Popen([sys.executable, "-c", INTERRUPTED_RUN, server.grpc_url], preexec_fn=interruptible, stdout=subprocess.PIPE,
+    run = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE + INTERRUPTED_RUN, server.grpc_url], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
         pid = int(run.stdout.readline())  # requests are flowing through shared memory now

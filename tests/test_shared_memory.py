@@ -25,7 +25,7 @@ import tritonclient.utils
 from compositor.client.remote import CompositorClient
 from compositor.client.shared_memory import SharedMemoryError, SharedMemoryPool
 
-from triton_probes import interruptible
+from triton_probes import INTERRUPTIBLE
 
 pytestmark = pytest.mark.triton
 
@@ -295,10 +295,10 @@ CHILD = textwrap.dedent(
 
 def _run_child_until_it_loops(server, tmp_path, prefix: str, mode: str) -> tuple[subprocess.Popen, str]:
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(INTERRUPTIBLE + CHILD)
     child = subprocess.Popen(
         [sys.executable, str(script), server.grpc_url, prefix, mode],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     ready, _, _ = select.select([child.stdout], [], [], 120)
     if not ready:
