@@ -8,7 +8,6 @@ compositing ensembles. ``ServeProcess`` runs ``compositor serve`` and reads what
 from __future__ import annotations
 
 import queue
-import signal
 import socket
 import subprocess
 import sys
