@@ -152,7 +152,7 @@ class ToneTransform(nn.Module):
     def __init__(self, feature_channels: int = 32, hidden_channels: int = 96, input_scale: int = 4):
         super().__init__()
         self.input_scale = input_scale
-        self.foreground_encoder = StatisticsEncoder(4, feature_channels)
+        self.foreground_encoder = StatisticsEncoder(7, feature_channels)
         self.background_encoder = StatisticsEncoder(3, feature_channels)
         summary = 12 + 2 * 3 * len(self.histogram_centres) + 4 * feature_channels
         self.head = nn.Sequential(
@@ -189,7 +189,10 @@ class ToneTransform(nn.Module):
 
         pooled_mask = F.avg_pool2d(weights, self.input_scale)
         pooled_weights = None if background_weights is None else F.avg_pool2d(background_weights, self.input_scale)
-        fg_input = torch.cat([F.avg_pool2d(normalised.clamp(-3.0, 3.0) / 3.0 * weights, self.input_scale), pooled_mask], dim=1)
+        # The normalised foreground carries its content whatever its colours; its absolute Lab colours
+        # say whether those look like a person's skin and clothes in this light.
+        fg_input = torch.cat([F.avg_pool2d(normalised.clamp(-3.0, 3.0) / 3.0 * weights, self.input_scale),
+                              F.avg_pool2d(lab / 50.0 * weights, self.input_scale), pooled_mask], dim=1)
         fg_features = self.foreground_encoder(fg_input)
         bg_features = self.background_encoder(F.avg_pool2d(background_lab / 50.0, self.input_scale))
         feature_mask = F.avg_pool2d(pooled_mask, 4)

@@ -34,6 +34,9 @@ from compositor.training.synthesis import (
 log = logging.getLogger(__name__)
 
 EQUAL_KIND_SHARES = tuple(1.0 / len(KINDS) for _ in KINDS)
+TRAIN_PEOPLE_SHARE = 0.7
+"""Share of training foregrounds that are people (where the split has any): what the harmonizer
+serves is portraits, and only a person's colours tell a harmonious input from another tone."""
 
 
 @dataclass
@@ -77,8 +80,10 @@ def photo_synthesizer(groups: list[photos.PhotoGroup], size: int, seed: int, fli
     """Synthesis over photo groups, loaded at ``photo_short_side(size)``; the groups of people are
     also foregrounds with their published-MODNet matte. ``options`` go to ``CompositeSynthesizer``."""
     loaded = photos.load_groups(groups, photo_short_side(size))
-    portraits = [photo for group, photos_of_group in zip(groups, loaded) if group.person for photo in photos_of_group]
-    cut_outs = people.cut_out(portraits) if portraits else None
+    # People are matted at (up to) MODNet's reference size, then scaled down with their matte.
+    portraits = [readers.load_image(path, short_side=max(512, photo_short_side(size))) for group in groups if group.person
+                 for path in group.paths]
+    cut_outs = people.cut_out(portraits, short_side=photo_short_side(size)) if portraits else None
     return CompositeSynthesizer(loaded, size, seed=seed, flips=flips, people=cut_outs, **options)
 
 
@@ -104,7 +109,7 @@ def _photo_split(splits: photos.Splits, size, seed, description) -> DataSplit:
         # Synthesis draws the background from a second group of the same split.
         raise readers.DataError(f"{description['data']}: the validation split has {len(splits.validation)} photo group(s); at least 15 groups in all are needed")
     return DataSplit(
-        photo_synthesizer(splits.train, size, seed, flips=True),
+        photo_synthesizer(splits.train, size, seed, flips=True, people_share=TRAIN_PEOPLE_SHARE),
         # Validation weighs the three input kinds alike: checkpoints are chosen on all of them.
         photo_synthesizer(splits.validation, size, seed + 1, flips=False, kind_shares=EQUAL_KIND_SHARES),
         description,

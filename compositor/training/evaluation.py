@@ -123,8 +123,8 @@ def people_synthesizer(folder: Path, size: int, seed: int = EVALUATION_SEED, mat
     short = photo_short_side(size)
     matting = matting or people.load_matting_network()
     frames = _video_frames(clip_source, 1)
-    stills = [readers.load_image(still, short_side=short)] + [_downscale(frame, short) for frame in frames[::VIDEO_STILL_EVERY]]
-    cut_outs = people.cut_out(stills, matting)
+    stills = [readers.load_image(still, short_side=max(short, 720))] + frames[::VIDEO_STILL_EVERY]
+    cut_outs = people.cut_out(stills, matting, short_side=short)
     groups = [photos.PhotoGroup(f"photobooth/{p.name}", (p,)) for p in backgrounds] + list(extra_backgrounds or [])
     synthesizer = CompositeSynthesizer(photos.load_groups(groups, short), size, seed=seed, flips=False, people=cut_outs, people_share=1.0)
     description = {
@@ -134,15 +134,6 @@ def people_synthesizer(folder: Path, size: int, seed: int = EVALUATION_SEED, mat
         "backgrounds": [g.name for g in groups],
     }
     return synthesizer, description, frames
-
-
-def _downscale(image: np.ndarray, short_side: int) -> np.ndarray:
-    from compositor.imaging import resize
-
-    scale = short_side / min(image.shape[:2])
-    if scale >= 1:
-        return image
-    return resize(image, (round(image.shape[0] * scale), round(image.shape[1] * scale)))
 
 
 def people_clips(frames: list[np.ndarray], synthesizer: CompositeSynthesizer, size: int, clips: int, matting: nn.Module,

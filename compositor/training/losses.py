@@ -77,7 +77,7 @@ DISHARMONY_LAB = 2.0
 as needing a change: the gate's label."""
 
 
-def harmonization_loss(parts: dict[str, torch.Tensor], batch, harmonious_weight: float = 3.0) -> dict[str, torch.Tensor]:
+def harmonization_loss(parts: dict[str, torch.Tensor], batch, harmonious_weight: float = 3.0, gate_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """The harmonizer's loss on a ``TrainingBatch``: the paper's L1 plus what the synthesis knows.
 
     * L1 over the image plus L1 inside the foreground, per sample, with an already harmonious input
@@ -109,6 +109,6 @@ def harmonization_loss(parts: dict[str, torch.Tensor], batch, harmonious_weight:
         label = (distance > DISHARMONY_LAB).to(target.dtype)
         gate = F.binary_cross_entropy_with_logits(parts["gate_logit"].flatten(), label)
         losses.update(statistics=statistics, gate=gate)
-        loss = loss + statistics + 0.1 * gate
+        loss = loss + statistics + gate_weight * gate
     losses["loss"] = loss
     return losses

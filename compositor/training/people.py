@@ -44,9 +44,21 @@ def modnet_matte(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     return (full.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def cut_out(photos: list[np.ndarray], network: torch.nn.Module | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(photo, matte) for each photo of people."""
+def cut_out(photos: list[np.ndarray], network: torch.nn.Module | None = None, short_side: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(photo, matte) for each photo of people, both downscaled to ``short_side`` afterwards if given.
+
+    Matte the photos at their own resolution: MODNet finds nobody in a photo upscaled from a
+    thumbnail (80 pixels: an empty matte)."""
+    from compositor.imaging import resize
+
     network = network or load_matting_network()
-    pairs = [(photo, modnet_matte(network, photo)) for photo in photos]
+    pairs = []
+    for photo in photos:
+        matte = modnet_matte(network, photo)
+        scale = 1.0 if short_side is None else short_side / min(photo.shape[:2])
+        if scale < 1.0:
+            size = (round(photo.shape[0] * scale), round(photo.shape[1] * scale))
+            photo, matte = resize(photo, size), resize(matte[..., None], size)[..., 0]
+        pairs.append((photo, matte))
     log.info("cut out %d photos of people with the published MODNet", len(pairs))
     return pairs
