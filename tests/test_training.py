@@ -262,12 +262,14 @@ def test_synthesis_is_reproducible_from_its_seed(groups):
 
 
 def test_photos_are_split_by_group_into_train_validation_and_test_whatever_order_they_are_listed_in():
-    groups = [photos.PhotoGroup(f"g{i}", ()) for i in range(20)] + [photos.PhotoGroup("someone", (), person=True)]
+    people = [photos.PhotoGroup(name, (), person=True) for name in ("someone", *photos.VALIDATION_PEOPLE)]
+    groups = [photos.PhotoGroup(f"g{i}", ()) for i in range(20)] + people
     splits = photos.split_groups(groups)
-    assert (len(splits.train), len(splits.validation), len(splits.test)) == (13, 4, 4)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (13, 5, 4)
     names = [{g.name for g in split} for split in (splits.train, splits.validation, splits.test)]
     assert not names[0] & names[1] and not names[0] & names[2] and not names[1] & names[2]
-    assert "someone" in names[0]  # photos of people train: held-out people come from elsewhere
+    # People train, one validates; the test split has none (held-out people come from elsewhere).
+    assert "someone" in names[0] and set(photos.VALIDATION_PEOPLE) <= names[1]
     assert photos.split_groups(groups[::-1]) == splits
 
 

@@ -102,7 +102,8 @@ def _photo_split(splits: photos.Splits, size, seed, description) -> DataSplit:
         "train_groups": [g.name for g in splits.train],
         "validation_groups": [g.name for g in splits.validation],
         "test_groups": [g.name for g in splits.test],
-        "people": [g.name for g in splits.train if g.person],
+        "train_people": [g.name for g in splits.train if g.person],
+        "validation_people": [g.name for g in splits.validation if g.person],
     }
     log.info("photos: %d train, %d validation, %d test groups", len(splits.train), len(splits.validation), len(splits.test))
     if len(splits.validation) < 2:
@@ -111,7 +112,7 @@ def _photo_split(splits: photos.Splits, size, seed, description) -> DataSplit:
     return DataSplit(
         photo_synthesizer(splits.train, size, seed, flips=True, people_share=TRAIN_PEOPLE_SHARE),
         # Validation weighs the three input kinds alike: checkpoints are chosen on all of them.
-        photo_synthesizer(splits.validation, size, seed + 1, flips=False, kind_shares=EQUAL_KIND_SHARES),
+        photo_synthesizer(splits.validation, size, seed + 1, flips=False, kind_shares=EQUAL_KIND_SHARES, people_share=0.5),
         description,
     )
 

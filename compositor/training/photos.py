@@ -14,8 +14,8 @@ data set we keep aside for evaluation:
 
 A group is one scene (the variants of one wallpaper: sizes, dark and light versions); the split
 is by group, so no scene is seen in two splits. Photos of people (``PEOPLE``) are foregrounds with
-a real matte and always train: the collections hold only two, and the people the reported numbers
-are measured on come from a collection held out entirely (see ``evaluation``).
+a real matte: the collections hold only two, the astronaut trains and Grace Hopper validates; the
+people the reported numbers are measured on come from a collection held out entirely (``evaluation``).
 
 ``--data DIR`` uses a user's folder instead (see ``readers``).
 """
@@ -52,6 +52,9 @@ MATPLOTLIB_PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 PEOPLE = ("skimage/astronaut.png", "matplotlib/grace_hopper.jpg")
 """The groups that are photos of a person: foregrounds cut out with the published MODNet's matte."""
+VALIDATION_PEOPLE = ("matplotlib/grace_hopper.jpg",)
+"""People held out for checkpoint selection: the collections hold two, so one trains and one validates.
+(The test split has no people: the reported numbers are measured on people from a held-out collection.)"""
 HELD_OUT_EVERY = 5
 """One group in five goes to validation and one in five to test, chosen by a hash of its name."""
 
@@ -154,7 +157,8 @@ def folder_groups(root: Path) -> list[PhotoGroup]:
 
 def split_groups(groups: list[PhotoGroup]) -> Splits:
     """Train, validation and test: groups ordered by a hash of their name, every ``HELD_OUT_EVERY``-th
-    to validation, the one two places later to test; photos of people always train.
+    to validation, the one two places later to test; photos of people train, but ``VALIDATION_PEOPLE``
+    validate (checkpoints are chosen on a person never trained on).
 
     A hash of the names, not a seeded shuffle: the split depends on which groups there are, never on
     the order they were listed in, the machine or a seed. (Adding groups can move others across.)
@@ -162,7 +166,7 @@ def split_groups(groups: list[PhotoGroup]) -> Splits:
     if len(groups) < 3:
         raise DataError(f"need at least 3 photo groups to split into train, validation and test, got {len(groups)}")
     ordered = sorted((g for g in groups if not g.person), key=lambda g: hashlib.sha1(g.name.encode()).hexdigest())
-    validation = ordered[::HELD_OUT_EVERY]
+    validation = ordered[::HELD_OUT_EVERY] + [g for g in groups if g.name in VALIDATION_PEOPLE]
     test = ordered[2::HELD_OUT_EVERY]
     train = [g for g in groups if g not in validation and g not in test]
 
