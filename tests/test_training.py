@@ -416,6 +416,24 @@ def test_resuming_continues_exactly_where_the_run_stopped(tmp_path, groups):
         assert torch.allclose(value.float(), resumed.network.state_dict()[key].float(), atol=1e-6), key
 
 
+def test_a_learning_rate_given_with_resume_replaces_the_checkpoints_and_none_keeps_it(tmp_path, groups):
+    tiny_trainer(tiny_config(tmp_path, "harmonization", steps=1, learning_rate=1e-3), groups).run(progress=False)
+    kept = tiny_trainer(tiny_config(tmp_path, "harmonization", steps=2, resume=True), groups)
+    kept.run(progress=False)
+    assert [g["lr"] for g in kept.optimizer.param_groups] == pytest.approx([1e-3, 1e-2])  # the tone head at 10x
+    changed = tiny_trainer(tiny_config(tmp_path, "harmonization", steps=3, resume=True, learning_rate=5e-5), groups)
+    changed.run(progress=False)
+    assert [g["lr"] for g in changed.optimizer.param_groups] == pytest.approx([5e-5, 5e-4])
+
+
+def test_the_tone_warm_up_trains_the_tone_transform_alone(tmp_path, groups):
+    trainer = tiny_trainer(tiny_config(tmp_path, "harmonization", steps=2, tone_steps=2, learning_rate=1e-2), groups)
+    tone_before = trainer.network.tone.head[-1].weight.detach().clone()
+    trainer.run(progress=False)
+    assert not torch.equal(trainer.network.tone.head[-1].weight, tone_before)
+    assert torch.count_nonzero(trainer.network.residual_head.weight) == 0  # the U-Net has not run yet
+
+
 def test_resuming_with_another_architecture_is_refused(tmp_path, groups):
     tiny_trainer(tiny_config(tmp_path, "harmonization", steps=1), groups).run(progress=False)
     with pytest.raises(ValueError, match="checkpoint was made with"):
