@@ -6,8 +6,9 @@ functions unchanged, so the runtimes differ only in how they run the networks.
 Conventions: frames are uint8 NHWC (``[B, H, W, 3]``, alpha ``[B, H, W, 1]``) as clients send them;
 network tensors are float32 NCHW in [0, 1] at the network resolution.
 
-The output canvas is the source frame. The networks run at a fixed network resolution; full
-resolution comes from *residual upsampling*: the full-resolution linear composite plus the
+The output canvas is the source frame. The networks run at the deployment's aspect bucket nearest
+the source's proportions (``compositor.spec.Resolution``; one fixed size for an ``HxW``
+resolution); full resolution comes from *residual upsampling*: the full-resolution linear composite plus the
 upsampled difference the network made at network resolution, so edges keep the source's detail.
 """
 
@@ -21,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from compositor.errors import CompositorError
 from compositor.files import atomic_path
-from compositor.spec import MAX_IMAGE_SIDE
+from compositor.spec import MAX_IMAGE_SIDE, Resolution, parse_resolution
 
 
 class ImageError(CompositorError, ValueError):
@@ -162,9 +163,9 @@ def cover_resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([resize(frame, size, box=box) for frame in frames])
 
 
-def to_network(frames: np.ndarray, resolution: tuple[int, int]) -> np.ndarray:
-    """uint8 ``[B, H, W, C]`` -> float32 ``[B, C, h, w]`` in [0, 1] at the network resolution."""
-    resized = np.stack([resize(frame, resolution) for frame in frames]) if frames.shape[1:3] != tuple(resolution) else frames
+def to_network(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[B, H, W, C]`` -> float32 ``[B, C, h, w]`` in [0, 1] at the network size ``(h, w)``."""
+    resized = np.stack([resize(frame, size) for frame in frames]) if frames.shape[1:3] != tuple(size) else frames
     return np.ascontiguousarray(resized.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
 
@@ -186,8 +187,8 @@ class Prepared:
     """What ``preprocess`` hands to the networks and on to ``postprocess``.
 
     Attributes:
-        source: float32 ``[B, 3, h, w]``, the source at network resolution (MODNet's ``image`` too).
-        background: float32 ``[B, 3, h, w]``, the cover-resized background at network resolution.
+        source: float32 ``[B, 3, h, w]``, the source at its bucket (MODNet's ``image`` too).
+        background: float32 ``[B, 3, h, w]``, the cover-resized background at the same bucket.
         background_full: uint8 ``[B, H, W, 3]``, the background cover-resized to the source canvas.
         alpha: float32 ``[B, 1, h, w]`` from a client-supplied matte, else None (MODNet predicts it).
     """
@@ -199,23 +200,29 @@ class Prepared:
 
 
 def preprocess(
-    source: np.ndarray, background: np.ndarray, resolution: tuple[int, int], alpha: np.ndarray | None = None
+    source: np.ndarray,
+    background: np.ndarray,
+    resolution: Resolution | str | int | tuple[int, int],
+    alpha: np.ndarray | None = None,
 ) -> Prepared:
-    """Validate a request and bring it to the network resolution.
+    """Validate a request and bring it to the network bucket nearest the source's proportions.
 
     Args:
-        source: uint8 ``[B, H, W, 3]``; defines the output canvas.
-        background: uint8 ``[B, Hb, Wb, 3]`` of any size; cover-resized to the source canvas.
-        resolution: network (height, width).
+        source: uint8 ``[B, H, W, 3]``; defines the output canvas and, by its aspect ratio, the
+            bucket (``Resolution.bucket_for``) that source, background and matte are resized to.
+        background: uint8 ``[B, Hb, Wb, 3]`` of any size; cover-resized to the source canvas first,
+            so it keeps its proportions and lines up with the source in every bucket.
+        resolution: the deployment's ``Resolution`` (or anything ``spec.parse_resolution`` takes).
         alpha: optional uint8 ``[B, H, W, 1]`` matte that replaces MODNet's.
     """
     check_inputs(source, background, alpha)
+    size = parse_resolution(resolution).bucket_for(*source.shape[1:3])
     background_full = cover_resize(background, source.shape[1:3])
     return Prepared(
-        source=to_network(source, resolution),
-        background=to_network(background_full, resolution),
+        source=to_network(source, size),
+        background=to_network(background_full, size),
         background_full=background_full,
-        alpha=None if alpha is None else to_network(alpha, resolution),
+        alpha=None if alpha is None else to_network(alpha, size),
     )
 
 
@@ -225,38 +232,45 @@ def postprocess(
     network_source: np.ndarray,
     network_background: np.ndarray,
     network_alpha: np.ndarray,
+    network_refined_alpha: np.ndarray,
     network_blended: np.ndarray,
     network_harmonized: np.ndarray,
     alpha: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Residual upsampling of the network outputs to the source canvas.
+    """Residual upsampling of the network outputs (at any bucket) to the source canvas.
 
     Full-resolution outputs are the full-resolution linear composite plus the upsampled residual
     each network added at network resolution; so a network that changes nothing (e.g. an untrained
     one) gives exactly linear blending at full resolution, with all the source's detail.
 
+    The matte goes the same way: the full-resolution matte is the given one (MODNet's upsampled, or
+    the client's as it is) plus the upsampled correction blending made to it near its edge
+    (``network_refined_alpha - network_alpha``), so every output uses the matte blending used.
+
     Args:
         source, background_full: uint8 ``[B, H, W, 3]`` (the canvas and the cover-resized background).
-        network_*: float32 NCHW tensors at network resolution (``network_alpha`` is the matte the
-            networks used).
-        alpha: the client's uint8 ``[B, H, W, 1]`` matte, if any; used as is at full resolution.
+        network_*: float32 NCHW tensors at network resolution (``network_alpha`` is the matte given
+            to blending, ``network_refined_alpha`` the one blending composited with).
+        alpha: the client's uint8 ``[B, H, W, 1]`` matte, if any: the full-resolution matte to correct.
 
     Returns:
-        ``alpha`` uint8 ``[B, H, W, 1]``, ``blended`` and ``harmonized`` uint8 ``[B, H, W, 3]``.
+        ``alpha`` uint8 ``[B, H, W, 1]`` (the matte used), ``blended`` and ``harmonized`` uint8 ``[B, H, W, 3]``.
     """
     size = source.shape[1:3]
     if alpha is None:
-        full_alpha = np.clip(upsample(network_alpha, size), 0.0, 1.0)
+        # Resizing is linear: upsample(alpha) + upsample(refined - alpha) is upsample(refined).
+        full_alpha = np.clip(upsample(network_refined_alpha, size), 0.0, 1.0)
     else:
-        full_alpha = alpha.astype(np.float32) / np.float32(255.0)
+        correction = upsample(network_refined_alpha - network_alpha, size)
+        full_alpha = np.clip(alpha.astype(np.float32) / np.float32(255.0) + correction, 0.0, 1.0)
     full_linear = full_alpha * (source / np.float32(255.0)) + (1.0 - full_alpha) * (background_full / np.float32(255.0))
-    network_linear = network_alpha * network_source + (1.0 - network_alpha) * network_background
+    network_linear = network_refined_alpha * network_source + (1.0 - network_refined_alpha) * network_background
     blended = full_linear + upsample(network_blended - network_linear, size)
     # Resizing is linear, so upsampling harmonized - linear equals the blended residual plus the
     # harmonization residual, in one resize instead of two.
     harmonized = full_linear + upsample(network_harmonized - network_linear, size)
     return {
-        "alpha": alpha if alpha is not None else to_uint8(full_alpha),
+        "alpha": to_uint8(full_alpha),
         "blended": to_uint8(blended),
         "harmonized": to_uint8(harmonized),
     }

@@ -20,17 +20,18 @@ from compositor.networks.contract import contract_models
 from compositor.networks.factory import Networks
 from compositor.onnx_runtime import create_session
 from compositor.results import CompositeResult
-from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, run_chain
+from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, Resolution, parse_resolution, run_chain
 
 
 class Pipeline(ABC):
     """Shared pre/post-processing around a runtime's ``run_network(name, *inputs)``."""
 
-    resolution: tuple[int, int]
+    resolution: Resolution
 
     @abstractmethod
-    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
-        """Run network ``name`` on float32 NCHW inputs in spec order; returns its one output."""
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run network ``name`` on float32 NCHW inputs in spec order; returns its output, or its
+        outputs in spec order where it has several."""
 
     def run_networks(self, prepared: imaging.Prepared) -> dict[str, np.ndarray]:
         """Network-resolution stage (``spec.CHAIN``): float32 NCHW chain tensors by name.
@@ -66,6 +67,7 @@ class Pipeline(ABC):
             prepared.source,
             prepared.background,
             outputs["alpha"],
+            outputs["refined_alpha"],
             outputs["blended"],
             outputs["harmonized"],
             alpha=alpha,
@@ -81,16 +83,18 @@ class EagerPipeline(Pipeline):
 
     Args:
         networks: from ``compositor.networks.factory.load_networks``.
-        resolution: network (height, width), multiples of 32.
+        resolution: the network resolution (``spec.Resolution``, or anything ``spec.parse_resolution``
+            takes): aspect buckets by default.
     """
 
-    def __init__(self, networks: Networks, resolution: tuple[int, int] = DEFAULT_RESOLUTION):
-        self.resolution = tuple(resolution)
+    def __init__(self, networks: Networks, resolution: Resolution | str | int | tuple[int, int] = DEFAULT_RESOLUTION):
+        self.resolution = parse_resolution(resolution)
         self.models = contract_models(networks)
 
     @torch.inference_mode()
-    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
-        return self.models[name](*(torch.from_numpy(x) for x in inputs)).numpy()
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        outputs = self.models[name](*(torch.from_numpy(x) for x in inputs))
+        return tuple(output.numpy() for output in outputs) if isinstance(outputs, tuple) else outputs.numpy()
 
 
 class OnnxRuntimePipeline(Pipeline):
@@ -98,7 +102,8 @@ class OnnxRuntimePipeline(Pipeline):
 
     Args:
         onnx_dir: a ``compositor export`` output folder (``matting.onnx`` ...).
-        resolution: the network resolution the models were exported at.
+        resolution: the network resolution the models were exported at (their graphs take any
+            bucket; blending's edge band is sized for this resolution's short side).
         precision: ``"fp32"`` (``<name>.onnx``) or ``"fp16"`` (``<name>.fp16.onnx``).
         intra_op_threads: ONNX Runtime threads per session (0: ONNX Runtime's default).
     """
@@ -106,16 +111,16 @@ class OnnxRuntimePipeline(Pipeline):
     def __init__(
         self,
         onnx_dir: str | Path,
-        resolution: tuple[int, int] = DEFAULT_RESOLUTION,
+        resolution: Resolution | str | int | tuple[int, int] = DEFAULT_RESOLUTION,
         precision: str = "fp32",
         intra_op_threads: int = 0,
     ):
-        self.resolution = tuple(resolution)
+        self.resolution = parse_resolution(resolution)
         self.sessions = {
             name: create_session(Path(onnx_dir) / onnx_file(name, precision), intra_op_threads) for name in NETWORKS
         }
 
-    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray:
+    def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         spec = NETWORKS[name]
-        feeds = dict(zip(spec.input_names(), inputs))
-        return self.sessions[name].run(spec.output_names(), feeds)[0]
+        outputs = self.sessions[name].run(spec.output_names(), dict(zip(spec.input_names(), inputs)))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -17,7 +17,8 @@ want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 obtain_published_modnet() {
   local marker=$VENV/.published-modnet-unavailable
   [ -f "$marker" ] && return 0
-  if ! "$VENV/bin/python" -m compositor.published_modnet; then
+  # Always into this checkout's weights/ ($COMPOSITOR_MODNET_WEIGHTS only says where commands read it).
+  if ! "$VENV/bin/python" -m compositor.published_modnet --out weights/modnet_photographic_portrait_matting.safetensors; then
     date -u +%FT%TZ > "$marker"
     echo "setup: the published MODNet could not be obtained (above); commands will run MODNet untrained and say so." >&2
     echo "setup: to try again later: rm $marker && scripts/setup.sh" >&2

@@ -1,7 +1,7 @@
 """Fixtures shared by several test files.
 
-Servers: ``small_export`` exports the perturbed networks (``nontrivial_networks``) at 64x64 once
-per session; ``small_repository`` is a ``python``-flavour repository generated from it;
+Servers: ``small_export`` exports the perturbed networks (``nontrivial_networks``) at aspect buckets
+of short side 64 (64x64, 64x96, 96x64) once per session; ``small_repository`` is a ``python``-flavour repository generated from it;
 ``triton_servers`` starts real Triton servers on free ports (``start(repository)``), stopping them
 all at the end of the session (a test module may stop its own earlier, or stop one mid-test and
 start another on the same ports).
@@ -17,31 +17,40 @@ from pathlib import Path
 import pytest
 import torch
 
+from compositor.networks.blending import BlendingUNet
 from compositor.networks.defaults import MODNET_WEIGHTS_VARIABLE
 from compositor.networks.factory import load_networks
+from compositor.spec import Resolution, aspect_buckets
 
 # The suite never runs the published MODNet that set-up downloads: every test (and every command
 # or server a test starts, which inherit the environment) sees a machine where set-up could not
 # obtain it. Tests of the default path convert a small ONNX made from the shared fixture instead
 # (tests/modnet_onnx_fixture.py) and point this variable at it.
-os.environ[MODNET_WEIGHTS_VARIABLE] = str(Path(tempfile.gettempdir()) / "compositor-tests" / "no-published-modnet.safetensors")
+# A folder of this session's own: nothing a test (or another checkout's suite) writes can appear there.
+os.environ[MODNET_WEIGHTS_VARIABLE] = str(Path(tempfile.mkdtemp(prefix="compositor-tests-")) / "no-published-modnet.safetensors")
 
-SMALL_RESOLUTION = (64, 64)
-"""Network resolution of the servers tests start: fast on a 2-core CPU."""
+SMALL_RESOLUTION = aspect_buckets(64)
+"""Network resolution of the servers tests start: aspect buckets like the default's, fast on a 2-core CPU."""
 
 
 @pytest.fixture(scope="session")
 def nontrivial_networks():
-    """The default networks with small random residual heads on the blending and harmonization nets.
+    """The default networks with small random residual heads on the blending and harmonization nets,
+    and a blending net that corrects the matte (a random ``alpha_head``, as the shipped net has one).
 
     Untrained, both nets pass their input through exactly, so a wiring mistake downstream (a
-    swapped input, a dropped residual) would go unnoticed; these heads make every net matter.
+    swapped input, a dropped residual, the uncorrected matte handed on) would go unnoticed; these
+    heads make every net and both of blending's outputs matter.
     """
     networks = load_networks(trained_defaults=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        networks.blending = BlendingUNet(refine_alpha=True).eval()
     generator = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for net in (networks.blending, networks.harmonization):
             net.residual_head.weight.normal_(0.0, 0.2, generator=generator)
+        networks.blending.alpha_head.weight.normal_(0.0, 0.5, generator=generator)
     return networks
 
 
@@ -51,12 +60,12 @@ class SmallExport:
 
     directory: Path
     networks: object
-    resolution: tuple[int, int]
+    resolution: Resolution
 
 
 @pytest.fixture(scope="session")
 def small_export(nontrivial_networks, tmp_path_factory) -> SmallExport:
-    """``nontrivial_networks`` exported with ``export_all`` at 64x64, once per session."""
+    """``nontrivial_networks`` exported with ``export_all`` at ``SMALL_RESOLUTION``, once per session."""
     from compositor.export.pipeline import export_all
 
     directory = tmp_path_factory.mktemp("small_export")
@@ -109,7 +118,7 @@ class ServerFactory:
 
 @pytest.fixture(scope="session")
 def small_repository(triton_servers) -> Path:
-    """A ``python``-flavour repository at 64x64 from ``small_export`` (default options)."""
+    """A ``python``-flavour repository at ``SMALL_RESOLUTION`` from ``small_export`` (default options)."""
     return triton_servers.repository()
 
 

@@ -34,7 +34,7 @@ def test_every_mode_reports_the_chain_at_each_concurrency_and_each_network_alone
         assert {(mode, name, 1) for name in ("matting", "blending", "harmonization")} <= seen
     for row in rows:
         assert all(key in row for key in REQUIRED), row
-        assert row["resolution"] == "64x64" and row["batch"] == 1
+        assert row["resolution"] == "64" and row["batch"] == 1
         assert row["perf_throughput"] > 0
         assert row["perf_latency_p50"] <= row["perf_latency_p90"] <= row["perf_latency_p95"] <= row["perf_latency_p99"]
 

@@ -25,7 +25,8 @@ from compositor.networks.contract import contract_models
 from compositor.networks.factory import load_networks
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-OUTPUTS = {"matting": {"alpha"}, "blending": {"blended"}, "harmonization": {"harmonized"}, "chain": {"alpha", "blended", "harmonized"}}
+OUTPUTS = {"matting": {"alpha"}, "blending": {"blended", "refined_alpha"}, "harmonization": {"harmonized"},
+           "chain": {"alpha", "blended", "refined_alpha", "harmonized"}}
 DRY_RUN = ["--device", "cpu", "--resolution", "64", "--batches", "1", "--iterations", "2", "--warmup", "1"]
 
 
@@ -54,14 +55,14 @@ def test_dry_run_writes_one_row_per_mode_and_workload_with_perf_analyzer_fields(
     assert {"machine", "settings", "results", "skipped", "wall_time_s"} <= report.keys()
     assert report["complete"] is True and report["errors"] == [] and report["skipped"] == []
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["peak_tflops"]["fp32"] > 0
-    assert report["settings"]["resolution"] == "64x64" and report["settings"]["batches"] == [1]
+    assert report["settings"]["resolution"] == "64" and report["settings"]["batches"] == [1]
     rows = {(r["mode"], r["workload"]) for r in report["results"]}
     assert rows == {(m, w) for m in ("eager_fp32", "eager_fp16") for w in ("matting", "blending", "harmonization", "chain")}
     for row in report["results"]:
         percentiles = [row[f"perf_latency_p{p}"] for p in (50, 90, 95, 99)]
         assert percentiles == sorted(percentiles) and percentiles[0] > 0
         assert row["perf_throughput"] > 0 and row["achieved_tflops"] > 0
-        assert (row["batch"], row["resolution"], row["iterations"], row["warmup"]) == (1, "64x64", 2, 1)
+        assert (row["batch"], row["resolution"], row["iterations"], row["warmup"]) == (1, "64", 2, 1)
         assert row["peak_memory_mb"] is None  # PyTorch's CUDA allocator only
 
 
@@ -133,12 +134,14 @@ def test_the_chain_workload_feeds_each_network_what_the_spec_says(nontrivial_net
     with torch.inference_mode():
         outputs = device_workloads(models, ("chain",))["chain"](source, background)
         alpha = models["matting"](source)
-        blended = models["blending"](source, alpha, background)
-        harmonized = models["harmonization"](blended, alpha, background)
+        blended, refined_alpha = models["blending"](source, alpha, background)
+        harmonized = models["harmonization"](blended, refined_alpha, background)
 
-    assert set(outputs) == {"alpha", "blended", "harmonized"}
+    assert set(outputs) == {"alpha", "blended", "refined_alpha", "harmonized"}
     torch.testing.assert_close(outputs["alpha"], alpha, rtol=0, atol=0)
     torch.testing.assert_close(outputs["blended"], blended, rtol=0, atol=0)
+    torch.testing.assert_close(outputs["refined_alpha"], refined_alpha, rtol=0, atol=0)
+    assert not torch.equal(refined_alpha, alpha), "the test networks correct the matte: harmonization must get the corrected one"
     torch.testing.assert_close(outputs["harmonized"], harmonized, rtol=0, atol=0)
     assert source.shape == (2, 3, 64, 64) and background.shape == (2, 3, 64, 64)
 
@@ -150,8 +153,9 @@ def test_network_workloads_take_the_spec_inputs_in_order_and_name_their_output()
         inputs = device_workload_inputs(name, (64, 96), 1, torch.device("cpu"))
         assert [tuple(t.shape) for t in inputs] == [(1, *t.resolved_shape((64, 96))) for t in model_spec.inputs]
         with torch.inference_mode():
-            (output,) = device_workloads(models, (name,))[name](*inputs).items()
-        assert output[0] == model_spec.outputs[0].name
+            outputs = device_workloads(models, (name,))[name](*inputs)
+        assert list(outputs) == model_spec.output_names()
+        assert [tuple(t.shape) for t in outputs.values()] == [(1, *t.resolved_shape((64, 96))) for t in model_spec.outputs]
 
 
 def test_help_and_the_benchmark_names_need_neither_torch_nor_scikit_image():

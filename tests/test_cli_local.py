@@ -92,7 +92,10 @@ def test_a_resolution_that_is_not_a_multiple_of_32_is_refused(photos, tmp_path, 
 def test_info_prints_parameters_and_flops_per_network(capsys):
     assert main(["info"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "network resolution 512x512, per image"
+    assert lines[0] == (
+        "network resolution 512 (aspect buckets 512x512, 512x672, 672x512, 512x768, 768x512, 512x896, 896x512); "
+        "per image at 512x512"
+    )
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert set(rows) == {"matting", "blending", "harmonization", "total"}
     # MODNet's published size is 6.5M parameters (backbone counted once).

@@ -1,7 +1,7 @@
 """``CompositorPool`` against real Triton servers: order, bound, isolation of failures, failover.
 
 One server for most tests; two more for the failover tests, one of which is stopped mid-run and
-started again on the same ports. All serve the session's 64x64 export of the perturbed networks.
+started again on the same ports. All serve the session's export (aspect buckets, short side 64) of the perturbed networks.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from compositor.client.pool import CompositeRequest, CompositorPool
 from compositor.client.remote import ClientError, CompositorClient, ServerUnreachableError
 from compositor.pipeline import EagerPipeline
 from compositor.serving.server import free_port
+from compositor.spec import aspect_buckets
 
 from triton_probes import interruptible
 
@@ -186,7 +187,7 @@ def test_a_server_down_at_start_is_skipped_when_another_is_up(server):
     down = f"127.0.0.1:{free_port()}"
     with CompositorPool(f"{down},{server.grpc_url}", max_in_flight=2) as pool:
         assert pool.ready_urls == [server.grpc_url]
-        assert pool.deployment.resolution == (64, 64)
+        assert pool.deployment.resolution == aspect_buckets(64)
         outcomes = list(pool.map(mixed_requests(4)))
     assert all(o.ok and o.server == server.grpc_url for o in outcomes)
 

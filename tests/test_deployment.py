@@ -1,6 +1,6 @@
 """The client reads the deployment from the server: names, limits, resolution, weights' provenance.
 
-Two real servers for the module, both from the session's 64x64 export: one runs a repository
+Two real servers for the module, both from the session's export (aspect buckets, short side 64): one runs a repository
 generated with the standard model names and a non-default max batch (3), the other a copy in which
 every model the client could look for by name is renamed. Neither test tells the client a name.
 """
@@ -17,6 +17,7 @@ import pytest
 from compositor.client.deployment import DeploymentError, read_deployment
 from compositor.client.remote import CompositorClient
 from compositor.imaging import ImageError
+from compositor.spec import aspect_buckets
 
 pytestmark = pytest.mark.triton
 
@@ -82,7 +83,7 @@ def test_names_batch_limit_and_resolution_come_from_the_server(standard, protoco
     assert deployment.composite == "composite"
     assert deployment.composite_with_alpha == "composite_with_alpha"
     assert deployment.max_batch_size == MAX_BATCH
-    assert deployment.resolution == (64, 64)
+    assert deployment.resolution == aspect_buckets(64)
     assert deployment.max_image_side == 8192
     assert deployment.networks == {"matting": "matting", "blending": "blending", "harmonization": "harmonization"}
 
@@ -93,7 +94,7 @@ def test_renamed_models_are_found_by_their_signature_and_used(renamed, protocol)
     deployment = read_deployment(triton_client(renamed, protocol), protocol, url)
     assert (deployment.composite, deployment.composite_with_alpha) == ("portrait", "portrait_own_matte")
     assert deployment.networks == {"matting": "modnet", "blending": "seamless", "harmonization": "colour_match"}
-    assert deployment.resolution == (64, 64)
+    assert deployment.resolution == aspect_buckets(64)
     source = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
     background = np.full((20, 20, 3), 90, np.uint8)
     matte = np.full((40, 30, 1), 255, np.uint8)

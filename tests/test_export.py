@@ -1,7 +1,7 @@
 """Export chain: FP32 ONNX, FP16 ONNX, parity, TensorRT readiness, report, atomic output.
 
-One export of the default (seeded, untrained) networks at a small network resolution serves most
-tests (module fixture); the MODNet fixture test exports at the fixture's own size. The untrained
+One export of the default (seeded, untrained) networks at small aspect buckets (short side 64:
+64x64, 64x96, 96x64) serves most tests (module fixture); the MODNet fixture test exports at the fixture's own size. The untrained
 blending and harmonization nets have zero-initialised residual heads, which makes them exact
 identities of their inputs; the parity tests that must see real network arithmetic give those
 heads small random weights (``nontrivial_networks``).
@@ -27,11 +27,13 @@ from compositor.export import fp16, parity, pipeline, readiness
 from compositor.export.onnx_export import ExportError, check_contract, export_fp32
 from compositor.export.parity import ParityError
 from compositor.export.trt_ops import check_operators, tensorrt_operators
-from compositor.networks.contract import MattingModel, contract_models
+from compositor.networks.contract import BlendingModel, MattingModel, contract_models
 from compositor.networks.factory import load_networks
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
 
-RESOLUTION = (64, 96)
+RESOLUTION = spec.aspect_buckets(64)
+SQUARE, WIDE, TALL = (64, 64), (64, 96), (96, 64)
+"""Its buckets, hand-computed: short side 64; 64 * 3/2 = 96; 64 * 4/3 = 85 and 64 * 16/9 = 113 floor to 64 and 96."""
 MAX_BATCH = 4
 FIXTURE_DIR = Path(__file__).parent / "data" / "modnet"
 
@@ -66,24 +68,29 @@ def test_export_writes_fp32_and_fp16_onnx_and_the_report_and_nothing_else(export
     assert json.loads((out / "export_report.json").read_text()) == json.loads(json.dumps(report))
 
 
-def test_fp32_graphs_carry_the_spec_names_opset_17_and_only_a_dynamic_batch(exported):
+def test_fp32_graphs_carry_the_spec_names_opset_17_and_a_dynamic_batch_height_and_width(exported):
     out, _ = exported
 
     for name, model_spec in spec.NETWORKS.items():
         model = onnx.load(str(out / f"{name}.onnx"))
-        check_contract(model, model_spec, RESOLUTION)  # raises on any mismatch
+        check_contract(model, model_spec)  # raises on any mismatch
         inputs = [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in model.graph.input]
-        assert inputs == [(t.name, ["batch", *t.resolved_shape(RESOLUTION)]) for t in model_spec.inputs]
+        channels = {"image": 3, "source": 3, "alpha": 1, "background": 3, "composite": 3, "mask": 1}
+        assert inputs == [(t.name, ["batch", channels[t.name], "height", "width"]) for t in model_spec.inputs]
         assert max(o.version for o in model.opset_import if o.domain == "") >= 17
 
 
-def test_contract_check_rejects_a_dynamic_spatial_dimension(exported):
+def test_contract_check_rejects_a_fixed_height_and_dynamic_channels(exported):
     out, _ = exported
-    model = onnx.load(str(out / "blending.onnx"))
-    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    fixed = onnx.load(str(out / "blending.onnx"))
+    fixed.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 64
+    dynamic_channels = onnx.load(str(out / "blending.onnx"))
+    dynamic_channels.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "channels"
 
-    with pytest.raises(ExportError, match="source has shape .*height"):
-        check_contract(model, spec.BLENDING, RESOLUTION)
+    with pytest.raises(ExportError, match=r"source has shape \['batch', 3, 64, 'width'\], spec says \['batch', 3, 'height', 'width'\]"):
+        check_contract(fixed, spec.BLENDING)
+    with pytest.raises(ExportError, match=r"source has shape \['batch', 'channels', 'height', 'width'\]"):
+        check_contract(dynamic_channels, spec.BLENDING)
 
 
 # --- FP32 parity ----------------------------------------------------------------------------------
@@ -95,7 +102,7 @@ def test_fp32_onnx_matches_eager_within_1e_4_on_photos_and_random_inputs(exporte
     for name, entry in report["networks"].items():
         parity_report = entry["fp32_parity"]
         assert parity_report["passed"] and parity_report["tolerances"] == {"max_abs_error": 1e-4}
-        assert set(parity_report["cases"]) == {"photos", "random"}
+        assert set(parity_report["cases"]) == {"photos", "random", "photos_wide", "random_wide"}
         for case in parity_report["cases"].values():
             for output in case.values():
                 assert output["finite"] and output["max_abs_error"] < 1e-4, name
@@ -107,10 +114,10 @@ def test_fp32_onnx_batch_is_dynamic_from_1_to_beyond_the_traced_batch(exported, 
     session = parity.onnxruntime_session(out / "matting.onnx")
 
     for batch in (1, 5):
-        feeds = parity.random_feeds(RESOLUTION, batch=batch)["matting"]
+        feeds = parity.random_feeds(SQUARE, batch=batch)["matting"]
         expected = parity.run_eager(models["matting"], "matting", feeds)["alpha"]
         actual = parity.run_onnx(session, feeds)["alpha"]
-        assert actual.shape == (batch, 1, *RESOLUTION)
+        assert actual.shape == (batch, 1, *SQUARE)
         assert np.abs(actual - expected).max() < 1e-4
 
 
@@ -135,6 +142,45 @@ def test_nontrivial_blending_and_harmonization_match_eager_in_fp32_and_fp16(tmp_
         assert fp16_photos.psnr_db >= 40.0 and fp16_photos.finite
 
 
+def test_the_edge_band_of_the_matte_correction_follows_the_short_side_at_every_bucket():
+    from compositor.networks.blending import edge_region
+
+    # One opaque pixel: its band is the (2r+1)^2 square around it, r = short side / 32 = 2, so 5x5,
+    # in the square, the wide and the tall bucket alike (from the width, 64x96 would give r = 3).
+    for height, width in (SQUARE, WIDE, TALL):
+        alpha = torch.zeros(1, 1, height, width)
+        alpha[..., 30, 30] = 1.0
+        band = edge_region(alpha)
+        assert band.sum().item() == 25, (height, width)
+        assert band[0, 0, 28:33, 28:33].min().item() == 1.0
+
+
+def test_an_exported_blending_net_with_matte_correction_matches_eager_at_every_bucket(tmp_path):
+    # The ONNX graph is traced at the square bucket; the matte correction's edge band radius is a
+    # constant in it. Eager recomputes it per input, so any bucket where the two differ fails here.
+    from compositor.networks.blending import BlendingUNet
+    from compositor.networks.defaults import weights_dir
+    from compositor.networks.weights import load_network
+
+    blending = load_network(weights_dir() / "blending_matte_correction.safetensors", expected=BlendingUNet)
+    assert blending.alpha_head is not None and blending.alpha_head.weight.abs().max() > 0, "trained weights refine the matte"
+    model = BlendingModel(blending).eval()
+    path = export_fp32(model, "blending", tmp_path / "blending.onnx", RESOLUTION)
+    session = parity.onnxruntime_session(path)
+
+    for size in (SQUARE, WIDE, TALL):
+        feeds = parity.random_feeds(size, batch=2)["blending"]
+        # A subject with one clear edge, so the band is a strip around it (a noisy matte is edge
+        # everywhere, whatever the radius).
+        feeds["alpha"] = np.zeros_like(feeds["alpha"])
+        feeds["alpha"][..., 16:-16, 16:-16] = 1.0
+        expected, actual = parity.run_eager(model, "blending", feeds), parity.run_onnx(session, feeds)
+        assert actual["blended"].shape == (2, 3, *size)
+        for output in ("blended", "refined_alpha"):
+            assert np.abs(actual[output] - expected[output]).max() < 1e-4, (size, output)
+        assert np.abs(expected["refined_alpha"] - feeds["alpha"]).max() > 0.01, "the correction must act"
+
+
 def test_the_shipped_trained_weights_export_with_fp32_parity_and_pass_fp16_on_the_first_rung(tmp_path):
     # The first real FP16 check of these two nets: their trained residual heads (and the
     # harmonizer's gated tone transform) are not zero.
@@ -150,7 +196,7 @@ def test_the_shipped_trained_weights_export_with_fp32_parity_and_pass_fp16_on_th
         fp16.save_mixed_precision(fp32_path, fp16_path, first_rung)
         fp16_report = parity.check_fp16_parity(name, fp32_path, fp16_path, feeds).raise_on_failure()
         output = spec.NETWORKS[name].outputs[0].name
-        for case in ("photos", "random"):
+        for case in ("photos", "random", "photos_wide", "random_wide"):
             assert fp32_report.cases[case][output].max_abs_error < 1e-4, (name, case)
             assert fp16_report.cases[case][output].finite and fp16_report.cases[case][output].psnr_db >= 40.0, (name, case)
     assert "tone" in fp16.precision_ladder(models["harmonization"])[0].fp32_scopes
@@ -190,11 +236,12 @@ def test_fp16_onnx_has_fp32_io_and_keeps_normalisation_statistics_in_fp32(export
     adain_sums = [n for n in harmonization.graph.node if n.op_type in ("ReduceSum", "ReduceMean")]
     convs = [n for n in harmonization.graph.node if n.op_type == "Conv"]
 
-    assert len(instance_norms) == 16 and len(adain_sums) == 20
+    # 20 sums of the masked statistics, each over rows then columns (colour.py: _sum_over_image).
+    assert len(instance_norms) == 16 and len(adain_sums) == 40
     assert all(types["matting"][n.output[0]] == TensorProto.FLOAT for n in instance_norms)
     assert all("/adain" in n.name and types["harmonization"][n.output[0]] == TensorProto.FLOAT for n in adain_sums)
     assert all(types["harmonization"][n.output[0]] == TensorProto.FLOAT16 for n in convs)
-    assert report["networks"]["harmonization"]["fp16"]["conversion"]["fp32_op_types"]["ReduceSum"] == 12
+    assert report["networks"]["harmonization"]["fp16"]["conversion"]["fp32_op_types"]["ReduceSum"] == 40
 
 
 def test_fp16_meets_the_alpha_and_psnr_tolerances_on_photos_and_is_finite_everywhere(exported):
@@ -203,12 +250,13 @@ def test_fp16_meets_the_alpha_and_psnr_tolerances_on_photos_and_is_finite_everyw
     for name, entry in report["networks"].items():
         fp16_parity = entry["fp16"]["parity"]
         assert fp16_parity["passed"] and fp16_parity["reference"] == "ONNX Runtime CPU, FP32 ONNX"
-        photos = fp16_parity["cases"]["photos"]
-        for output, result in photos.items():
-            if output == "alpha":
-                assert result["max_abs_error"] <= 0.02
-            else:
-                assert result["psnr_db"] is None or result["psnr_db"] >= 40.0
+        assert fp16_parity["tolerances"]["toleranced_cases"] == ["photos", "photos_wide"]
+        for case in ("photos", "photos_wide"):
+            for output, result in fp16_parity["cases"][case].items():
+                if output == "alpha":
+                    assert result["max_abs_error"] <= 0.02
+                else:
+                    assert result["psnr_db"] is None or result["psnr_db"] >= 40.0
         assert all(o["finite"] for case in fp16_parity["cases"].values() for o in case.values())
         assert entry["fp16"]["headroom"]["passed"]
 
@@ -363,14 +411,15 @@ def test_tensorrt_operator_list_names_its_source_and_version():
     assert "Unique" not in operators and "FP16" in operators.types["Conv"]
 
 
-def test_every_exported_operator_is_on_tensorrts_list_and_only_the_batch_is_dynamic(exported):
+def test_every_exported_operator_is_on_tensorrts_list_and_only_batch_height_and_width_are_dynamic(exported):
     out, report = exported
 
     for name in spec.NETWORKS:
         for variant in ("onnx", "fp16.onnx"):
             model = onnx.load(str(out / f"{name}.{variant}"))
-            summary = readiness.check_tensorrt_readiness(model, name, RESOLUTION)
-            assert summary["passed"] and summary["unsupported"] == [] and summary["dynamic_dimensions"] == ["batch"]
+            summary = readiness.check_tensorrt_readiness(model, name)
+            assert summary["passed"] and summary["unsupported"] == []
+            assert summary["dynamic_dimensions"] == ["batch", "height", "width"]
         assert report["networks"][name]["tensorrt_readiness"]["fp16"]["passed"]
 
 
@@ -382,7 +431,7 @@ def test_readiness_rejects_an_operator_missing_from_tensorrts_list(exported):
 
     assert check_operators(model).unsupported == ["Unique"]
     with pytest.raises(readiness.ReadinessError, match="operator Unique is not on TensorRT's list"):
-        readiness.check_tensorrt_readiness(model, "blending", RESOLUTION)
+        readiness.check_tensorrt_readiness(model, "blending")
 
 
 def test_comparisons_are_checked_on_the_type_they_compare_not_their_bool_output():
@@ -409,10 +458,15 @@ def test_profile_matches_the_triton_config_the_repository_generates(exported):
         config = network_config(spec.NETWORKS[name], RepositoryOptions(flavor="tensorrt", resolution=RESOLUTION, max_batch=MAX_BATCH))
         dims = {entry["name"]: list(entry["dims"]) for entry in config["input"]}
         profiles = spec.tensorrt_profiles(spec.NETWORKS[name], RESOLUTION, MAX_BATCH)
-        readiness.check_profile_against_triton(profiles, dims, int(config["max_batch_size"]))
-        assert dims == readiness.spec_triton_dims(name, RESOLUTION)
+        readiness.check_profile_against_triton(profiles, dims, int(config["max_batch_size"]), RESOLUTION)
+        assert dims == readiness.spec_triton_dims(name)
         check = report["networks"][name]["tensorrt_readiness"]["triton_profile_check"]
-        assert check == {"passed": True, "triton_dims": dims, "triton_max_batch_size": int(config["max_batch_size"])}
+        assert check == {
+            "passed": True,
+            "triton_dims": dims,
+            "triton_max_batch_size": int(config["max_batch_size"]),
+            "buckets_covered": [list(SQUARE), list(WIDE), list(TALL)],
+        }
 
 
 def test_the_export_package_does_not_import_the_serving_package():
@@ -422,18 +476,20 @@ def test_the_export_package_does_not_import_the_serving_package():
     assert result.stdout.strip() == "[]"
 
 
-def test_profile_check_rejects_another_resolution_batch_or_input_name():
+def test_profile_check_rejects_other_channels_batch_input_names_or_a_bucket_outside_the_profile():
     profiles = spec.tensorrt_profiles(spec.HARMONIZATION, RESOLUTION, MAX_BATCH)
-    dims = readiness.spec_triton_dims("harmonization", RESOLUTION)
+    dims = readiness.spec_triton_dims("harmonization")
 
-    with pytest.raises(readiness.ReadinessError, match=r"composite: profile min \[1, 3, 64, 96\] != \[1, \*dims\] = \[1, 3, 128, 128\]"):
-        readiness.check_profile_against_triton(profiles, {**dims, "composite": [3, 128, 128]}, MAX_BATCH)
-    with pytest.raises(readiness.ReadinessError, match=r"profile max \[4, 1, 64, 96\] != \[max_batch_size, \*dims\] = \[8, 1, 64, 96\]"):
-        readiness.check_profile_against_triton(profiles, dims, 8)
+    readiness.check_profile_against_triton(profiles, dims, MAX_BATCH, RESOLUTION)  # agrees: no error
+    with pytest.raises(readiness.ReadinessError, match=r"composite: profile min \[1, 3, 64, 64\] != Triton dims \[4, -1, -1\]"):
+        readiness.check_profile_against_triton(profiles, {**dims, "composite": [4, -1, -1]}, MAX_BATCH, RESOLUTION)
+    with pytest.raises(readiness.ReadinessError, match=r"mask: profile batch 1..4 != 1..max_batch_size = 1..8"):
+        readiness.check_profile_against_triton(profiles, dims, 8, RESOLUTION)
     with pytest.raises(readiness.ReadinessError, match="profile inputs .* != Triton inputs"):
-        readiness.check_profile_against_triton(profiles, {**dims, "image": [3, 64, 96]}, MAX_BATCH)
-    with pytest.raises(readiness.ReadinessError, match="wildcard"):
-        readiness.check_profile_against_triton(profiles, {**dims, "mask": [1, -1, -1]}, MAX_BATCH)
+        readiness.check_profile_against_triton(profiles, {**dims, "image": [3, -1, -1]}, MAX_BATCH, RESOLUTION)
+    # Short side 128 has buckets up to 128x224 (128 * 16/9 = 227, floored): beyond a short-side-64 profile.
+    with pytest.raises(readiness.ReadinessError, match=r"mask: bucket 128x128 is outside the profile's 64x64 .. 96x96"):
+        readiness.check_profile_against_triton(profiles, dims, MAX_BATCH, spec.aspect_buckets(128))
 
 
 # --- Report and failure behaviour -----------------------------------------------------------------
@@ -442,11 +498,16 @@ def test_profile_check_rejects_another_resolution_batch_or_input_name():
 def test_report_carries_shapes_profiles_and_the_commands_to_build_and_check_engines(exported):
     _, report = exported
 
-    assert report["resolution"] == list(RESOLUTION) and report["max_batch"] == MAX_BATCH and report["opset"] >= 17
+    assert report["max_batch"] == MAX_BATCH and report["opset"] >= 17
+    assert (report["network_resolution"], report["buckets"]) == ("64", [list(SQUARE), list(WIDE), list(TALL)])
+    assert "nearest the source frame's aspect ratio" in report["bucket_choice"]
+    assert report["resolution"] == list(SQUARE), "the reference bucket, in the field older readers know"
     assert report["weights"]["untrained"] == ["matting", "blending", "harmonization"]
     matting = report["networks"]["matting"]
-    assert matting["inputs"] == [{"name": "image", "dtype": "float32", "shape": [-1, 3, 64, 96]}]
-    assert matting["tensorrt"]["profile"]["image"] == {"min": [1, 3, 64, 96], "opt": [4, 3, 64, 96], "max": [4, 3, 64, 96]}
+    assert matting["inputs"] == [{"name": "image", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
+    # min: the smallest height and width; opt: the square bucket; max: the tallest and widest (a box).
+    assert matting["tensorrt"]["profile"]["image"] == {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64], "max": [4, 3, 96, 96]}
+    assert "--minShapes=image:1x3x64x64 --optShapes=image:4x3x64x64 --maxShapes=image:4x3x96x96" in matting["tensorrt"]["trtexec"]
     assert matting["tensorrt"]["trtexec"].startswith("trtexec --onnx=matting.fp16.onnx --saveEngine=matting.plan --stronglyTyped")
     assert matting["tensorrt"]["polygraphy"].startswith("polygraphy run matting.fp16.onnx --trt --onnxrt --strongly-typed")
     assert matting["tensorrt"]["engine"] is None
@@ -490,7 +551,7 @@ def test_fp16_tolerances_hold_on_the_toleranced_case_only_and_every_miss_is_name
     assert "random/" not in str(error.value)  # measured and reported, not held to the tolerance
 
     with pytest.raises(ParityError, match=r"random/alpha: mean abs error .* > 1e-10; random/alpha: PSNR .* dB < 200 dB"):
-        parity.check_fp16_parity("matting", fp32, fp16_path, feeds, tolerances={"alpha": {"psnr_db": 200.0}}, toleranced_case="random")
+        parity.check_fp16_parity("matting", fp32, fp16_path, feeds, tolerances={"alpha": {"psnr_db": 200.0}}, toleranced_cases=("random",))
 
 
 def test_psnr_is_infinite_for_identical_images_and_nan_for_non_finite_ones():

@@ -8,7 +8,7 @@ from compositor import imaging, spec
 from compositor.networks.factory import load_networks
 from compositor.pipeline import EagerPipeline
 
-RESOLUTION = (64, 64)  # small network resolution: the plumbing is what is under test here
+RESOLUTION = 64  # aspect buckets with a small short side: the plumbing is what is under test here
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_batch_of_three_equals_three_single_calls(pipeline):
             assert diff.max() <= 1, field
 
 
-def test_a_supplied_alpha_replaces_modnet_and_is_returned_unchanged(pipeline):
+def test_a_supplied_alpha_replaces_modnet_and_is_returned_unchanged_by_a_net_that_does_not_correct_it(pipeline):
     source, background = _photo("astronaut", (96, 128)), _photo("coffee", (96, 128))
     alpha = np.zeros((96, 128, 1), np.uint8)
     alpha[20:80, 30:100] = 255
@@ -61,6 +61,41 @@ def test_a_supplied_alpha_replaces_modnet_and_is_returned_unchanged(pipeline):
     inside, outside = alpha[..., 0] == 255, alpha[..., 0] == 0
     assert np.abs(result.blended[inside].astype(int) - source[inside]).max() <= 1
     assert np.abs(result.blended[outside].astype(int) - background[outside]).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def refining_pipeline():
+    """Untrained nets except a random matte-correction head on the blending net (no colour residual)."""
+    import torch
+
+    from compositor.networks.blending import BlendingUNet
+
+    networks = load_networks(trained_defaults=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        networks.blending = BlendingUNet(refine_alpha=True).eval()
+        torch.nn.init.normal_(networks.blending.alpha_head.weight, 0.0, 0.5)
+    return EagerPipeline(networks, RESOLUTION)
+
+
+def test_the_matte_blending_corrects_is_the_one_every_output_uses(refining_pipeline):
+    source, background = _photo("astronaut", (96, 128)), _photo("coffee", (96, 128))
+    alpha = np.zeros((96, 128, 1), np.uint8)
+    alpha[20:80, 30:100] = 255
+    result = refining_pipeline(source, background, alpha)
+    changed = result.alpha != alpha
+    assert changed.mean() > 0.01, "the random head must correct the matte somewhere"
+    # Only near the given matte's edge (within 1/32 of the network side, 2 pixels at 64, upsampled
+    # 2x to the canvas, plus the resize's reach): far inside and far outside it stays as given.
+    assert not changed[30:70, 40:90].any() and not changed[:8].any() and not changed[:, :16].any()
+    # Blended is the linear composite with the corrected matte (this net has no colour residual)...
+    weight = result.alpha.astype(np.float64) / 255
+    expected = weight * source + (1 - weight) * background
+    assert np.abs(result.blended.astype(np.float64) - expected).max() <= 2.0
+    # ...and not with the given one, where the two mattes differ.
+    given = alpha.astype(np.float64) / 255 * source + (1 - alpha.astype(np.float64) / 255) * background
+    assert np.abs(result.blended.astype(np.float64) - given)[changed[..., 0]].max() > 10
+    assert np.array_equal(result.harmonized, result.blended)  # untrained harmonizer: the blended input
 
 
 def test_cover_resize_scales_to_cover_and_crops_the_centre():
@@ -104,9 +139,16 @@ def test_the_chain_feeds_each_network_its_spec_inputs_in_order_from_tensors_made
         network = spec.NETWORKS[step.network]
         assert [name for name, _ in step.inputs] == network.input_names()
         assert set(step.reads()) <= available, f"{step.network} reads a tensor made after it"
-        assert step.output == network.output_names()[0]
-        available.add(step.output)
+        assert list(step.writes()) == network.output_names()
+        available.update(step.outputs)
     assert [step.network for step in spec.CHAIN] == ["matting", "blending", "harmonization"]
+
+
+def test_harmonization_takes_the_matte_blending_corrected_not_the_one_blending_was_given():
+    harmonization = next(step for step in spec.CHAIN if step.network == "harmonization")
+    assert dict(harmonization.inputs)["mask"] == "refined_alpha"
+    blending = next(step for step in spec.CHAIN if step.network == "blending")
+    assert blending.writes() == {"blended": "blended", "refined_alpha": "refined_alpha"}
 
 
 def test_a_given_matte_skips_matting_and_reaches_both_later_networks():
@@ -114,9 +156,14 @@ def test_a_given_matte_skips_matting_and_reaches_both_later_networks():
 
     def run_network(name, *inputs):
         calls.append((name, inputs))
-        return f"{name}-out"
+        return ("blended-out", "refined-A") if name == "blending" else f"{name}-out"
 
     tensors = spec.run_chain(run_network, {"source": "S", "background": "B", "alpha": "A"})
-    assert calls == [("blending", ("S", "A", "B")), ("harmonization", ("blending-out", "A", "B"))]
+    assert calls == [("blending", ("S", "A", "B")), ("harmonization", ("blended-out", "refined-A", "B"))]
     assert tensors["harmonized"] == "harmonization-out"
-    assert spec.network_feeds(tensors)["harmonization"] == {"composite": "blending-out", "mask": "A", "background": "B"}
+    assert spec.network_feeds(tensors)["harmonization"] == {"composite": "blended-out", "mask": "refined-A", "background": "B"}
+
+
+def test_a_network_returning_a_different_number_of_outputs_than_the_chain_declares_is_an_error():
+    with pytest.raises(ValueError, match=r"blending returned 1 outputs, the chain expects \('blended', 'refined_alpha'\)"):
+        spec.run_chain(lambda name, *inputs: "one", {"source": "S", "background": "B", "alpha": "A"})

@@ -35,19 +35,41 @@ def test_the_readme_opens_with_the_demo_and_the_test_command_and_ci_runs_the_lat
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+def _committed_repository_state() -> dict[str, bytes]:
+    """The committed model repository's tracked files, by path, as they are on disk now."""
+    tracked = subprocess.run(["git", "ls-files", "model_repository"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return {name: (ROOT / name).read_bytes() for name in tracked.stdout.split()}
+
+
 @pytest.mark.triton
 def test_the_demo_runs_end_to_end_and_writes_the_composite(tmp_path):
-    # The real script at a small network resolution, on free ports, in a scratch folder.
+    # The real script at a small network resolution, on free ports, in a scratch folder. MODNet: a
+    # small ONNX made from the shared fixture, converted as set-up converts the published one (the
+    # suite never uses the download), so the demo takes its main path: the whole ensemble.
+    from compositor import published_modnet
+    from compositor.networks.defaults import MODNET_WEIGHTS_VARIABLE
+    from modnet_onnx_fixture import export_fixture_modnet_onnx, fixture_modnet
+
+    onnx_path = export_fixture_modnet_onnx(tmp_path / "modnet.onnx", fixture_modnet())
+    weights = published_modnet.convert(onnx_path, tmp_path / "modnet.safetensors", "the test fixture",
+                                       {"astronaut": skimage.data.astronaut()[::4, ::4]})
     env = {
         **os.environ,
+        MODNET_WEIGHTS_VARIABLE: str(weights),
         "COMPOSITOR_RESOLUTION": "64",
         "COMPOSITOR_WORKDIR": str(tmp_path),
         "COMPOSITOR_HTTP_PORT": str(free_port()),
         "COMPOSITOR_GRPC_PORT": str(free_port()),
         "COMPOSITOR_METRICS_PORT": str(free_port()),
     }
+    committed_before = _committed_repository_state()
     run = subprocess.run([str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    # Everything under the working folder: the committed model_repository/ is left as it was.
+    assert (tmp_path / "demo" / "model_repository" / "composite" / "config.pbtxt").is_file()
+    assert _committed_repository_state() == committed_before
+    assert "MODNet with the published weights (the full composite ensemble)" in run.stdout
+    assert "composite_with_alpha" in run.stdout and (tmp_path / "demo" / "output_with_alpha" / "harmonized.png").is_file()
     assert re.search(r"grpc://127\.0\.0\.1:\d+: \d+ ms end to end for a 512x512 \(width x height\) image", run.stdout)
     # The latency row comes with the table's header, so it reads on its own.
     assert re.search(r"^\| mode \| workload \| concurrency \| throughput \(img/s\) \| p50 \(ms\) .*\n\|---.*\n\| triton \| chain \| 1 \|",

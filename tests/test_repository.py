@@ -31,7 +31,8 @@ from compositor.serving.configs import (
 from compositor.serving.installation import find_triton
 from compositor.serving.repository import MissingModelFilesError, generate_repository
 from compositor.serving.stages import OPTIONAL_INPUTS, STAGES
-from compositor.spec import ENSEMBLES, NETWORKS, ModelSpec, tensorrt_profiles
+from compositor.export.layout import report_shape
+from compositor.spec import ENSEMBLES, NETWORKS, ModelSpec, fixed_resolution, tensorrt_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -56,30 +57,35 @@ def _files(root: Path) -> set[str]:
     }
 
 
-def _tiny_onnx(path: Path, model: ModelSpec, resolution: tuple[int, int], rename: dict[str, str] | None = None) -> Path:
-    """A stand-in ONNX file with the spec's names and shapes (outputs = Identity of the first input)."""
+SPATIAL = ("height", "width")
+"""The ONNX symbols of the dynamic height and width, as the export writes them."""
+
+
+def _tiny_onnx(path: Path, model: ModelSpec, size: tuple = SPATIAL, rename: dict[str, str] | None = None) -> Path:
+    """A stand-in ONNX file with the spec's names and shapes (outputs = Identity of the first input);
+    ``size`` (height, width): symbols (dynamic, as exported) or numbers (an export from before buckets)."""
     rename = rename or {}
     inputs = [
-        helper.make_tensor_value_info(rename.get(t.name, t.name), TensorProto.FLOAT, ["batch", *t.resolved_shape(resolution)])
+        helper.make_tensor_value_info(rename.get(t.name, t.name), TensorProto.FLOAT, ["batch", *t.resolved_shape(size)])
         for t in model.inputs
     ]
-    outputs = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, ["batch", *t.resolved_shape(resolution)]) for t in model.outputs]
+    outputs = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, ["batch", *t.resolved_shape(size)]) for t in model.outputs]
     nodes = [helper.make_node("Identity", [inputs[0].name], [o.name]) for o in outputs]
     onnx.save(helper.make_model(helper.make_graph(nodes, model.name, inputs, outputs)), path)
     return path
 
 
-def _export_dir(tmp_path: Path, resolution=(64, 64), suffix=".onnx", max_batch: int | None = None) -> Path:
+def _export_dir(tmp_path: Path, resolution="64", suffix=".onnx", max_batch: int | None = None) -> Path:
     """Network files as ``compositor export`` names them; with ``max_batch``, its report too."""
     export = tmp_path / "export"
     export.mkdir(exist_ok=True)
     for name, model in NETWORKS.items():
         if suffix == ".onnx":
-            _tiny_onnx(export / f"{name}.onnx", model, resolution)
+            _tiny_onnx(export / f"{name}.onnx", model)
         else:
             (export / f"{name}{suffix}").write_bytes(b"plan:" + name.encode())
     if max_batch is not None:
-        report = {"resolution": list(resolution), "max_batch": max_batch, "opset": 17}
+        report = {"network_resolution": resolution, "max_batch": max_batch, "opset": 17}
         (export / "export_report.json").write_text(json.dumps(report))
     return export
 
@@ -149,7 +155,7 @@ def test_a_config_that_breaks_the_schema_fails_at_generation_time():
 
 
 def test_network_models_batch_dynamically_with_the_requested_limits():
-    options = RepositoryOptions(max_batch=16, max_queue_delay_us=2500, instances=3, resolution=(256, 384))
+    options = RepositoryOptions(max_batch=16, max_queue_delay_us=2500, instances=3, resolution=256)
     configs = repository_configs(options)
     for name, model in NETWORKS.items():
         config = to_model_config(configs[name])
@@ -157,7 +163,8 @@ def test_network_models_batch_dynamically_with_the_requested_limits():
         assert config.dynamic_batching.max_queue_delay_microseconds == 2500
         assert config.instance_group[0].count == 3
         assert [i.name for i in config.input] == model.input_names()
-        assert all(list(i.dims)[1:] == [256, 384] for i in config.input)
+        assert all(list(i.dims)[1:] == [-1, -1] for i in config.input), "one model takes every aspect bucket"
+        assert all(list(o.dims)[1:] == [-1, -1] for o in config.output)
     for stage in ("preprocess", "postprocess"):
         config = to_model_config(configs[stage])
         assert not config.HasField("dynamic_batching"), "frames of different sizes cannot share a batch"
@@ -167,6 +174,14 @@ def test_network_models_batch_dynamically_with_the_requested_limits():
 def test_preprocess_records_the_network_resolution_as_a_parameter():
     config = to_model_config(repository_configs(RepositoryOptions(resolution="256x384"))["preprocess"])
     assert config.parameters["resolution"].string_value == "256x384"
+    assert config.parameters["buckets"].string_value == "256x384"
+
+
+def test_preprocess_of_an_aspect_bucket_deployment_records_the_short_side_and_lists_every_bucket():
+    config = to_model_config(repository_configs(RepositoryOptions(resolution=256))["preprocess"])
+    assert config.parameters["resolution"].string_value == "256"
+    # Short side 256; long sides 256 * 4/3, 3/2, 16/9 floored to multiples of 32: 320, 384, 448.
+    assert config.parameters["buckets"].string_value == "256x256,256x320,320x256,256x384,384x256,256x448,448x256"
 
 
 def test_client_alpha_is_an_optional_input_of_the_shared_stage_models():
@@ -255,16 +270,17 @@ def test_python_flavour_copies_the_onnx_files_next_to_the_model_sources(tmp_path
     assert (tmp_path / "repo/composite/1").is_dir() and (tmp_path / "repo/composite_with_alpha/1").is_dir()
 
 
-def test_onnx_exported_at_another_resolution_is_refused(tmp_path):
-    export = _export_dir(tmp_path, resolution=(64, 64))
-    with pytest.raises(ValueError, match=r"matting.onnx: input 'image' has shape \[3, 64, 64\].*512x512"):
-        generate_repository(tmp_path / "repo", RepositoryOptions(resolution=512), export_dir=export)
+def test_onnx_with_a_fixed_spatial_size_from_before_aspect_buckets_is_refused(tmp_path):
+    export = _export_dir(tmp_path)
+    _tiny_onnx(export / "matting.onnx", NETWORKS["matting"], (64, 64))
+    with pytest.raises(ValueError, match=r"matting.onnx: input 'image' has shape \[3, 64, 64\].*\[3, 'height', 'width'\].*re-export"):
+        generate_repository(tmp_path / "repo", RepositoryOptions(resolution=64), export_dir=export)
     assert not (tmp_path / "repo").exists(), "nothing is written when an input is wrong"
 
 
 def test_onnx_with_other_tensor_names_is_refused(tmp_path):
     export = _export_dir(tmp_path)
-    _tiny_onnx(export / "blending.onnx", NETWORKS["blending"], (64, 64), rename={"alpha": "input.1"})
+    _tiny_onnx(export / "blending.onnx", NETWORKS["blending"], rename={"alpha": "input.1"})
     with pytest.raises(ValueError, match=r"blending.onnx: inputs .*'input.1'.* differ from the spec"):
         generate_repository(tmp_path / "repo", RepositoryOptions(resolution=64), export_dir=export)
 
@@ -308,23 +324,38 @@ def test_repository_command_fails_clearly_without_model_files(tmp_path, capsys):
 
 
 def test_repository_command_takes_resolution_and_max_batch_from_the_export_report(tmp_path, capsys):
-    export = _export_dir(tmp_path, resolution=(64, 96), max_batch=4)
+    export = _export_dir(tmp_path, resolution="64x96", max_batch=4)
     assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo")]) == 0
-    assert "network resolution 64x96, max batch 4" in capsys.readouterr().out
+    assert "network resolution 64x96 (fixed), max batch 4" in capsys.readouterr().out
     matting = (tmp_path / "repo/matting/config.pbtxt").read_text()
-    assert "max_batch_size: 4" in matting and "dims: 3\n  dims: 64\n  dims: 96\n" in matting
+    assert "max_batch_size: 4" in matting and "dims: 3\n  dims: -1\n  dims: -1\n" in matting
     assert 'string_value: "64x96"' in (tmp_path / "repo/preprocess/config.pbtxt").read_text()
 
 
+def test_a_report_from_before_aspect_buckets_reads_as_its_one_fixed_size(tmp_path):
+    export = _export_dir(tmp_path)
+    (export / "export_report.json").write_text(json.dumps({"resolution": [64, 96], "max_batch": 4}))
+    assert report_shape(export) == (fixed_resolution(64, 96), 4)
+
+
+def test_the_report_of_an_aspect_bucket_export_reads_as_its_buckets(tmp_path):
+    export = _export_dir(tmp_path, resolution="64", max_batch=4)
+    resolution, max_batch = report_shape(export)
+    assert (resolution.buckets, resolution.fixed, max_batch) == (((64, 64), (64, 96), (96, 64)), False, 4)
+
+
 def test_an_explicit_resolution_that_agrees_with_the_export_report_is_accepted(tmp_path):
-    export = _export_dir(tmp_path, resolution=(64, 96), max_batch=4)
+    export = _export_dir(tmp_path, resolution="64x96", max_batch=4)
     assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo"), "--resolution", "64x96"]) == 0
 
 
 def test_an_explicit_resolution_other_than_the_exports_is_an_error_naming_both(tmp_path, capsys):
-    export = _export_dir(tmp_path, resolution=(64, 96), max_batch=4)
-    assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo"), "--resolution", "128"]) == 2
-    assert re.search(r"resolution 128x128 differs from the export's 64x96 \(.*export_report.json\)", capsys.readouterr().err)
+    export = _export_dir(tmp_path, resolution="64x96", max_batch=4)
+    assert main(["repository", "--onnx", str(export), "--out", str(tmp_path / "repo"), "--resolution", "64"]) == 2
+    assert re.search(
+        r"resolution 64 \(aspect buckets 64x64, 64x96, 96x64\) differs from the export's 64x96 \(fixed\) \(.*export_report.json\)",
+        capsys.readouterr().err,
+    )
     assert not (tmp_path / "repo").exists()
 
 
@@ -352,7 +383,7 @@ def test_an_export_folder_without_its_report_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize("max_batch", [1, 8, 16])
 def test_tensorrt_configs_accept_exactly_what_the_spec_engine_profiles_accept(max_batch):
     readiness = pytest.importorskip("compositor.export.readiness", reason="the export chain's readiness checks are not installed")
-    options = RepositoryOptions(flavor="tensorrt", max_batch=max_batch, resolution=(256, 384))
+    options = RepositoryOptions(flavor="tensorrt", max_batch=max_batch, resolution=256)
     configs = repository_configs(options)
     for name, model in NETWORKS.items():
         config = to_model_config(configs[name])
@@ -360,4 +391,5 @@ def test_tensorrt_configs_accept_exactly_what_the_spec_engine_profiles_accept(ma
             tensorrt_profiles(model, options.resolution, max_batch),
             {i.name: list(i.dims) for i in config.input},
             config.max_batch_size,
+            options.resolution,
         )

@@ -144,13 +144,17 @@ def test_a_replica_killed_mid_run_loses_no_request_and_is_started_again(triton_s
         serve.wait_for("[replica 1] ", timeout_s=10)
         assert any(line.startswith("[replica 0] ") and "successfully loaded 'composite'" in line for line in serve.output)
         assert victim.pid != tritonserver_on(http + 4).pid
-        # The restarted replica and the survivor give the bytes every outcome got.
+        # The restarted replica and the survivor give what every outcome got: the same bytes but for
+        # rounding. A request batched with others by Triton's dynamic batcher runs ONNX Runtime's
+        # kernels at another batch size, whose float sums can differ in the last bit: seen here, one
+        # pixel one level apart in 4 of 240 outputs. A wrong or swapped result differs everywhere.
         for url in urls:
             with CompositorClient(url) as client:
                 single = [client.composite(source, background) for source in sources]
             for outcome in outcomes:
                 for name in ("alpha", "blended", "harmonized"):
-                    assert np.array_equal(getattr(outcome.result, name), single[outcome.key % 3][name]), (url, outcome.key)
+                    got, want = getattr(outcome.result, name).astype(int), single[outcome.key % 3][name].astype(int)
+                    assert np.abs(got - want).max() <= 1 and np.count_nonzero(got != want) <= 10, (url, outcome.key, name)
 
         serve.process.send_signal(signal.SIGINT)
         assert serve.process.wait(timeout=60) == 0, serve.text

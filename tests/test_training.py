@@ -478,6 +478,8 @@ def test_evaluation_reports_every_method_per_input_kind_under_stable_keys(held_o
     results = evaluation.evaluate(BlendingUNet(base_channels=8), harmonizers, held_out, clips=2)
     h = results["harmonization"]
     assert results["blending"]["boundary_psnr"] == results["blending"]["linear_boundary_psnr"]
+    assert results["blending"]["outside_psnr"] == results["blending"]["linear_outside_psnr"]
+    assert results["blending"]["outside_loss_db"] == 0.0
     assert set(h["kinds"]) == set(KINDS)
     for kind in KINDS:
         for prefix in ("", "copy_paste_", "colour_transfer_", "partial_cue_", "paper_net_"):
@@ -562,7 +564,7 @@ def test_train_resume_and_evaluate_from_the_command_line_on_a_folder_of_photos(t
     assert run.returncode == 0, run.stderr
     assert "Table 1" in run.stdout and "Table 2" in run.stdout
     results = json.loads(report.read_text())
-    for key in ("blending.boundary_psnr", "blending.linear_boundary_psnr", "harmonization.psnr", "harmonization.copy_paste_psnr",
+    for key in ("blending.boundary_psnr", "blending.linear_boundary_psnr", "blending.outside_psnr", "harmonization.psnr", "harmonization.copy_paste_psnr",
                 "harmonization.partial_cue_psnr", "harmonization.colour_transfer_psnr", "video.flicker"):
         section, name = key.split(".")
         assert np.isfinite(results[section][name]), key

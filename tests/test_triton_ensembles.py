@@ -1,8 +1,8 @@
 """The generated repository on the real Triton server: both ensembles, gRPC and HTTP, against eager.
 
 One server for the whole module (started once, on free ports) serves a ``python``-flavour
-repository generated into a temporary folder from ONNX files exported at a small network
-resolution, so the suite stays fast on a 2-core CPU. The networks are the seeded untrained ones
+repository generated into a temporary folder from ONNX files exported at small aspect buckets
+(short side 64: 64x64, 64x96, 96x64), so the suite stays fast on a 2-core CPU. The networks are the seeded untrained ones
 with their zero-initialised residual heads given small random weights: otherwise blending and
 harmonization would be exact identities and a wiring mistake between them could go unnoticed.
 
@@ -34,7 +34,7 @@ from triton_probes import free_ports
 
 pytestmark = pytest.mark.triton
 
-RESOLUTION = (64, 64)
+RESOLUTION = 64
 MAX_QUEUE_DELAY_US = 20_000
 """Longer than the default (1 ms) for margin: the single preprocess instance feeds the networks
 one request every few ms and the networks at 64x64 finish about as fast, so with 1 ms the batcher
@@ -163,12 +163,28 @@ def test_sources_of_different_sizes_in_one_run_each_equal_eager(client, eager):
         with CompositorClient(client.url, protocol=client.protocol) as own:
             return own.composite(*case)
 
-    # Concurrently, so requests of different sizes meet in the networks' dynamic batcher.
+    # Concurrently, so requests of different sizes meet in the networks' dynamic batcher (which
+    # batches those of one bucket and runs the others apart).
     with ThreadPoolExecutor(len(cases)) as pool:
         results = list(pool.map(send, cases))
     for (source, background), outputs in zip(cases, results):
         assert outputs["harmonized"].shape == source.shape
         assert_matches_eager(outputs, eager(source, background))
+
+
+def test_the_ensemble_runs_a_3_2_frame_at_its_bucket_and_a_square_one_at_the_square_bucket(client, eager, networks):
+    three_two = (photo("astronaut", (240, 360)), photo("coffee", (300, 300)))  # 360x240, width x height
+    square = (photo("astronaut", (200, 200)), photo("coffee", (300, 300)))
+    squashed = EagerPipeline(networks, "64x64")  # what the fixed square resolution made of the 3:2 frame
+
+    for source, background in (three_two, square):
+        outputs = client.composite(source, background)
+        assert outputs["harmonized"].shape == source.shape
+        assert_matches_eager(outputs, eager(source, background))
+    # The 3:2 bucket is not the square one in disguise: squashing gives another matte.
+    outputs = client.composite(*three_two)
+    differs = np.abs(outputs["alpha"].astype(np.int16) - squashed(*three_two).alpha.astype(np.int16)) > 1
+    assert differs.mean() > 0.01
 
 
 def _counts(triton_client, model):

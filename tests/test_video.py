@@ -23,9 +23,11 @@ from compositor.media.video import VideoInfo, VideoWriter, probe, read_frames
 pytestmark = pytest.mark.triton
 
 WIDTH, HEIGHT, FPS = 96, 64, 10
-MIN_PSNR_DB = 30.0
-"""H.264 at its default quality loses about 35-45 dB on these small frames; a wrong frame, a
-shifted order or another output scores far below 20."""
+MIN_PSNR_DB = 27.0
+"""H.264 at its default quality keeps about 30-32 dB of these small frames (they run at their own
+3:2 aspect bucket, 64x96, so the untrained MODNet's noisy matte reaches the output at full detail,
+which the codec keeps less well than the smoother squashed composites before buckets, 35-45 dB);
+a wrong frame, a shifted order or another output scores far below 20."""
 
 
 @pytest.fixture(scope="module")

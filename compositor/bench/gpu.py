@@ -57,7 +57,7 @@ class GpuBenchSettings:
     """What to measure and for how long (``compositor bench-gpu --help``)."""
 
     device: str = "cuda"
-    resolution: tuple[int, int] = spec.DEFAULT_RESOLUTION
+    resolution: spec.Resolution = spec.DEFAULT_RESOLUTION
     batches: tuple[int, ...] = (1, 8)
     iterations: int = 50
     warmup: int = 10
@@ -67,6 +67,9 @@ class GpuBenchSettings:
     compile_backend: str = "inductor"
     budget_s: float = DEFAULT_BUDGET_S
     checkpoints: dict[str, str | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.resolution = spec.parse_resolution(self.resolution)
 
 
 # --- The run ---------------------------------------------------------------------------------------
@@ -154,7 +157,7 @@ def run_gpu_benchmark(settings: GpuBenchSettings, out: Path | None = None) -> di
             networks = _load(settings)
             report["settings"]["weights"] = {"untrained": list(networks.untrained), **settings.checkpoints}
             models = {name: model.to(device) for name, model in contract_models(networks).items()}
-            flops = {name: count_flops(model, device_workload_inputs(name, settings.resolution, 1, device)) for name, model in models.items()}
+            flops = {name: count_flops(model, device_workload_inputs(name, settings.resolution.reference, 1, device)) for name, model in models.items()}
             flops[CHAIN] = sum(flops.values())
             report["settings"]["gflops_per_image"] = {name: round(value / 1e9, 3) for name, value in flops.items()}
             references: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
@@ -231,7 +234,7 @@ def _skip_budget(report: dict, mode: str, workload: str | None, batch: int | Non
 
 
 def _time_row(mode, workload, call, batch, models, flops, references, settings: GpuBenchSettings, device, machine: dict) -> dict:
-    inputs = device_workload_inputs(workload, settings.resolution, batch, device)
+    inputs = device_workload_inputs(workload, settings.resolution.reference, batch, device)
     measured = time_iterations(call, inputs, settings.iterations, settings.warmup, device)
     # References wait on the CPU, so that they do not count in later rows' peak device memory.
     key = (workload, batch)

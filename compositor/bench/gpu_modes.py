@@ -92,10 +92,12 @@ def autocast_forward(forward: Forward, device: torch.device) -> Forward:
     """
     import torch
 
-    def call(*inputs: torch.Tensor) -> torch.Tensor:
+    def call(*inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         with torch.autocast(device.type, dtype=torch.float16):
-            output = forward(*inputs)
-        return output.float()
+            outputs = forward(*inputs)
+        if isinstance(outputs, tuple):  # a network with several outputs (blending: blended, refined_alpha)
+            return tuple(output.float() for output in outputs)
+        return outputs.float()
 
     return call
 
@@ -140,13 +142,13 @@ def tensorrt_skip_reason(device: str) -> str | None:
 
 
 def tensorrt_forwards(
-    models: dict[str, nn.Module], resolution: tuple[int, int], max_batch: int, work_dir: Path
+    models: dict[str, nn.Module], resolution: spec.Resolution, max_batch: int, work_dir: Path
 ) -> tuple[dict[str, Forward], dict]:
     """Export, check and build an engine per network with the export's own per-network function.
 
     Args:
         models: contract models on the CPU (ONNX export traces on the CPU).
-        resolution: network (height, width).
+        resolution: the network resolution (the engines' profiles cover its buckets).
         max_batch: the engines' profile max (at least the largest benchmarked batch).
         work_dir: where the ONNX files and plans go.
 

@@ -25,7 +25,7 @@ from compositor.export.layout import fp32_file
 from compositor.networks.contract import contract_models
 from compositor.networks.complexity import complexity_table
 from compositor.networks.factory import Networks
-from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, format_resolution
+from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, Resolution, format_resolution, parse_resolution
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class BenchSettings:
     """
 
     modes: tuple[str, ...] = MODES
-    resolution: tuple[int, int] = DEFAULT_RESOLUTION
+    resolution: Resolution = DEFAULT_RESOLUTION
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
     batch: int = 1
     load: LoadSettings = field(default_factory=LoadSettings)
@@ -55,8 +55,11 @@ class BenchSettings:
     onnx_dir: Path | None = None
     url: str | None = None
 
+    def __post_init__(self) -> None:
+        self.resolution = parse_resolution(self.resolution)
 
-def _export_onnx(networks: Networks, resolution: tuple[int, int], out_dir: Path) -> Path:
+
+def _export_onnx(networks: Networks, resolution: Resolution, out_dir: Path) -> Path:
     from compositor.export.onnx_export import export_fp32  # ONNX tooling, for these two modes only
 
     models = contract_models(networks)
@@ -87,7 +90,8 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
         raise ValueError(f"unknown mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
     started = time.perf_counter()
     header = machine_header(threads=torch_threads())
-    complexity = complexity_table(contract_models(networks), settings.resolution)
+    # The sample frames (astronaut) are square: every mode runs the square bucket, where FLOPs are counted.
+    complexity = complexity_table(contract_models(networks), settings.resolution.reference)
     flops = {row["network"]: row["gflops"] for row in complexity}
     flops[CHAIN] = sum(flops.values())
     workload_names = WORKLOADS if settings.networks_alone else (CHAIN,)
@@ -143,7 +147,7 @@ def run_benchmark(networks: Networks, settings: BenchSettings, command: str = ""
                 measured = measure(workload.call, load)
             row = _result_row(workload.mode, workload.workload, level, settings, measured, flops[workload.workload])
             if url:
-                breakdown = triton_target.server_breakdown(before, triton_target.statistics(url))
+                breakdown = triton_target.server_breakdown(before, triton_target.settled_statistics(url))
                 row["server"] = breakdown
                 top = breakdown.get(triton_target.ENSEMBLE if workload.workload == CHAIN else workload.workload, {})
                 row.update({key: value for key, value in top.items() if key.startswith("perf_server")})

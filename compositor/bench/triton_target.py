@@ -15,6 +15,7 @@ import contextlib
 import logging
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from compositor.client.remote import CompositorClient
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository
 from compositor.serving.server import TritonServer, free_port
-from compositor.spec import COMPOSITE, NETWORKS
+from compositor.spec import COMPOSITE, NETWORKS, Resolution
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ ENSEMBLE = COMPOSITE.name
 
 
 @contextlib.contextmanager
-def triton_endpoint(url: str | None, onnx_dir: Path, resolution: tuple[int, int]):
+def triton_endpoint(url: str | None, onnx_dir: Path, resolution: Resolution):
     """Yield ``(grpc_url, server_pid or None)``: the given server, or one started for the run."""
     if url:
         yield url, None
@@ -89,6 +90,23 @@ def triton_workloads(
             call = lambda name=name, feeds=feeds, outputs=spec.output_names(): clients.get().infer(name, feeds, outputs)  # noqa: E731
         result.append(Workload("triton", name, batch, call))
     return result
+
+
+def settled_statistics(url: str, timeout_s: float = 5.0, interval_s: float = 0.1) -> dict[str, dict]:
+    """``statistics`` once two snapshots ``interval_s`` apart agree (at most ``timeout_s``).
+
+    Triton records a request in its statistics just after it sends the response, so a snapshot
+    taken the moment the last response arrives can miss it (seen on a loaded 2-core machine: one
+    request of 28 missing); every request has finished client-side when this is called.
+    """
+    deadline = time.monotonic() + timeout_s
+    current = statistics(url)
+    while time.monotonic() < deadline:
+        time.sleep(interval_s)
+        previous, current = current, statistics(url)
+        if current == previous:
+            break
+    return current
 
 
 def statistics(url: str) -> dict[str, dict]:

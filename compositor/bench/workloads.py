@@ -99,18 +99,23 @@ def device_workloads(forwards: dict[str, Callable], names: tuple[str, ...]) -> d
     """
 
     def network(name: str) -> Callable[..., dict]:
-        output = spec.NETWORKS[name].outputs[0].name
-        return lambda *inputs: {output: forwards[name](*inputs)}
+        outputs = spec.NETWORKS[name].output_names()
+
+        def run(*inputs) -> dict:
+            results = forwards[name](*inputs)
+            return dict(zip(outputs, results if isinstance(results, (tuple, list)) else (results,)))
+
+        return run
 
     def chain(*inputs) -> dict:
         values = spec.run_chain(lambda name, *tensors: forwards[name](*tensors), dict(zip(spec.CHAIN_INPUTS, inputs)))
-        return {step.output: values[step.output] for step in spec.CHAIN}
+        return {output: values[output] for step in spec.CHAIN for output in step.outputs}
 
     return {name: chain if name == CHAIN else network(name) for name in names}
 
 
-def device_workload_inputs(workload: str, resolution: tuple[int, int], batch: int, device: torch.device) -> list[torch.Tensor]:
-    """Seeded [0, 1] inputs in the spec's order; the chain takes ``spec.CHAIN_INPUTS``.
+def device_workload_inputs(workload: str, size: tuple[int, int], batch: int, device: torch.device) -> list[torch.Tensor]:
+    """Seeded [0, 1] inputs at ``size`` (one bucket) in the spec's order; the chain takes ``spec.CHAIN_INPUTS``.
 
     Made as inference tensors, like the chain's intermediate tensors, so a network compiled on
     these inputs sees the same kind of tensor inside the chain (no recompilation).
@@ -119,6 +124,6 @@ def device_workload_inputs(workload: str, resolution: tuple[int, int], batch: in
 
     from compositor.networks.complexity import example_chain_inputs, example_inputs
 
-    tensors = example_chain_inputs(resolution, batch) if workload == CHAIN else example_inputs(workload, resolution, batch)
+    tensors = example_chain_inputs(size, batch) if workload == CHAIN else example_inputs(workload, size, batch)
     with torch.inference_mode():
         return [tensor.to(device, copy=True) for tensor in tensors]

@@ -1,7 +1,7 @@
 """Composite a portrait onto a new, complete background (in-process with --local, or via Triton).
 
 Writes DIR/alpha.png, DIR/blended.png, DIR/harmonized.png at the source's size and
-DIR/comparison.png (source | background | linear paste | blended | harmonized; below them the
+DIR/comparison.png (source | matte | background | linear paste | blended | harmonized; below them the
 three composites enlarged where the matte's edge is softest; last, the source composited over
 itself with its own matte, an already harmonious input, with what the harmonizer made of it).
 
@@ -42,6 +42,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from compositor import imaging
 from compositor.cli import CommandError, subcommand_parser
@@ -303,6 +305,7 @@ def write_outputs(out_dir: Path, source, background, result: CompositeResult, ha
     comparison = comparison_strip(
         [
             ("source", source),
+            ("matte", np.repeat(result.alpha, 3, axis=-1)),
             ("background", background_full),
             ("linear paste", pasted),
             ("blended", result.blended),

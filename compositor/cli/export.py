@@ -1,12 +1,15 @@
 """Export the networks to ONNX (FP32 and FP16) and, with --engines, TensorRT plans, each checked.
 
 Writes to --out: matting.onnx, blending.onnx, harmonization.onnx (FP32, opset 17, dynamic batch,
-spatial size fixed at --resolution), their FP16 mixed-precision variants <name>.fp16.onnx (FP16
-compute, FP32 I/O, normalisation statistics in FP32), with --engines <name>.plan (strongly typed
-TensorRT engines, batch 1..--max-batch) and timing.cache, and export_report.json (parity errors
-against eager PyTorch, FP16 errors and PSNR, TensorRT readiness, trtexec/polygraphy commands, and
-where each network's weights came from: trained file and SHA-256, published MODNet checkpoint, or
-untrained).
+height and width: one graph for every aspect bucket of --resolution), their FP16 mixed-precision
+variants <name>.fp16.onnx (FP16 compute, FP32 I/O, normalisation statistics in FP32), with
+--engines <name>.plan (strongly typed TensorRT engines, batch 1..--max-batch, every bucket) and
+timing.cache, and export_report.json (the buckets, parity errors against eager PyTorch at the
+square and the widest bucket, FP16 errors and PSNR, TensorRT readiness, trtexec/polygraphy
+commands, and where each network's weights came from: trained file and SHA-256, published MODNet
+checkpoint, or untrained).
+--resolution N: aspect buckets with short side N (each frame runs at the one nearest its
+proportions); --resolution HxW: one fixed size every frame is resized to.
 Without checkpoint options the local pipeline's default weights are exported (weights/*.safetensors,
 MODNet from $MODNET_CHECKPOINT, the seeded initialisation for what is missing, or for everything
 with --untrained), so exported models and `compositor composite --local` agree. A network that misses the

@@ -1,4 +1,7 @@
-"""Print each network's parameters and FLOPs per image at the network resolution.
+"""Print each network's parameters and FLOPs per image at the reference bucket of the network resolution.
+
+FLOPs grow with the pixels: with aspect buckets (--resolution N) they are counted at the square
+bucket NxN; a wider bucket costs its pixels over N*N times as much (512x896: 1.75x).
 
 Example:
   compositor info
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 from compositor.cli import subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
-from compositor.spec import format_resolution
+from compositor.spec import format_size
 
 
 def register(subparsers) -> None:
@@ -24,8 +27,9 @@ def run(args) -> int:
     from compositor.networks.contract import contract_models
 
     models = contract_models(networks_from_args(args))
-    rows = complexity_table(models, args.resolution)
-    print(f"network resolution {format_resolution(args.resolution)}, per image")
+    reference = args.resolution.reference
+    rows = complexity_table(models, reference)
+    print(f"network resolution {args.resolution.describe()}; per image at {format_size(reference)}")
     print(f"{'network':<15}{'parameters':>14}{'GFLOPs':>10}")
     for row in rows:
         print(f"{row['network']:<15}{row['parameters']:>14,}{row['gflops']:>10.2f}")

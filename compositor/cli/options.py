@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compositor.spec import DEFAULT_RESOLUTION, format_resolution, parse_resolution
+from compositor.spec import DEFAULT_RESOLUTION, Resolution, format_resolution, parse_resolution
 
 if TYPE_CHECKING:
     from compositor.networks.factory import Networks
@@ -46,7 +46,7 @@ def unit_fraction(text: str) -> float:
     return value
 
 
-def resolution_argument(text: str) -> tuple[int, int]:
+def resolution_argument(text: str) -> Resolution:
     try:
         return parse_resolution(text)
     except ValueError as error:
@@ -59,7 +59,9 @@ def add_resolution_option(parser: argparse.ArgumentParser) -> None:
         type=resolution_argument,
         default=DEFAULT_RESOLUTION,
         metavar="N|HxW",
-        help=f"network resolution, multiples of 32 (default {format_resolution(DEFAULT_RESOLUTION)})",
+        help=f"network resolution, multiples of 32: N = aspect buckets with short side N (each frame runs at "
+        "the one nearest its proportions), HxW = one fixed size every frame is resized to "
+        f"(default {format_resolution(DEFAULT_RESOLUTION)})",
     )
 
 

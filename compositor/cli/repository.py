@@ -80,7 +80,7 @@ def run(args) -> int:
     )
     result = generate_repository(args.out, options, export_dir=args.onnx, configs_only=args.configs_only)
     print(f"{result.root}: {', '.join(result.models)} ({options.flavor} flavour, "
-          f"network resolution {format_resolution(options.resolution)}, max batch {options.max_batch}{source})")
+          f"network resolution {options.resolution.describe()}, max batch {options.max_batch}{source})")
     print(f"weights: {weights_provenance.summary(result.provenance)} (recorded in the configs and {result.root / PROVENANCE_FILE})")
     untrained = weights_provenance.untrained_networks(result.provenance)
     if untrained:

@@ -26,7 +26,7 @@ from compositor.client import provenance as weights_provenance
 from compositor.client.remote import ModelNotReadyError
 from compositor.serving import conventions
 from compositor.serving.stages import PREPROCESS
-from compositor.spec import COMPOSITE, COMPOSITE_WITH_ALPHA, MAX_IMAGE_SIDE, NETWORKS, ModelSpec, parse_resolution
+from compositor.spec import COMPOSITE, COMPOSITE_WITH_ALPHA, MAX_IMAGE_SIDE, NETWORKS, ModelSpec, Resolution, parse_resolution
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class Deployment:
         composite_with_alpha: name of the ensemble with the signature of ``spec.COMPOSITE_WITH_ALPHA``,
             or None when the server does not serve one (then requests with a matte cannot be sent).
         max_batch_size: largest batch one request may carry (the ensemble's ``max_batch_size``).
-        resolution: network (height, width) every frame is resized to on the server.
+        resolution: the server's network resolution (``spec.Resolution``): the aspect buckets
+            frames are resized to (the nearest to each frame's proportions), or one fixed size.
         max_image_side: largest accepted source or background side, pixels.
         networks: served model name per network (``matting``, ``blending``, ``harmonization``).
         provenance: per network (same keys), where its weights came from, as the repository
@@ -58,7 +59,7 @@ class Deployment:
     composite: str
     composite_with_alpha: str | None
     max_batch_size: int
-    resolution: tuple[int, int]
+    resolution: Resolution
     max_image_side: int = MAX_IMAGE_SIDE
     networks: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, dict] = field(default_factory=dict)
@@ -135,10 +136,12 @@ def read_deployment(triton_client, protocol: str, url: str, timeout_s: float | N
 
     preprocess = configs[roles[PREPROCESS.name]]
     parameters = _parameters(preprocess)
+    # "512": aspect buckets; "512x512": one fixed size, which is also what repositories from
+    # before aspect buckets recorded (their networks took that one size).
     if conventions.RESOLUTION_PARAMETER in parameters:
         resolution = parse_resolution(parameters[conventions.RESOLUTION_PARAMETER])
-    else:  # older repositories: the matting network's input is fixed at the resolution
-        resolution = tuple(int(d) for d in configs[roles["matting"]]["input"][0]["dims"][1:3])
+    else:  # older repositories still: the matting network's input is fixed at the resolution
+        resolution = parse_resolution(tuple(int(d) for d in configs[roles["matting"]]["input"][0]["dims"][1:3]))
 
     networks = {name: roles[name] for name in NETWORKS}
     provenance = {name: weights_provenance.provenance_from_config(configs[model]) for name, model in networks.items()}

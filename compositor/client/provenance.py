@@ -83,8 +83,9 @@ def warn_untrained_once(url: str, networks: list[str]) -> None:
         _warned_urls.add(url)
     log.warning(
         "the server at %s runs UNTRAINED (seeded) weights for: %s. Its outputs show the plumbing, not the "
-        "quality. Deploy trained weights: export with the published MODNet checkpoint (--modnet-checkpoint or "
-        "MODNET_CHECKPOINT) and the trained weights/*.safetensors ('compositor export'), then regenerate the "
+        "quality. Deploy trained weights: export ('compositor export') where set-up obtained the published MODNet "
+        "(scripts/setup.sh) or with its checkpoint (--modnet-checkpoint or MODNET_CHECKPOINT), with the trained "
+        "weights/*.safetensors, then regenerate the "
         "repository with 'compositor repository --onnx DIR'; its PROVENANCE.md lists what each network runs.",
         url,
         ", ".join(networks),

@@ -52,7 +52,16 @@ from pathlib import Path
 from compositor import spec
 from compositor.errors import CompositorError
 from compositor.files import file_sha256
-from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, ExportReportError, fp16_file, plan_file, read_report, report_shape
+from compositor.export.layout import (
+    REPORT_FILE,
+    TIMING_CACHE_FILE,
+    ExportReportError,
+    fp16_file,
+    plan_file,
+    read_report,
+    report_shape,
+    resolution_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +265,7 @@ def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_versio
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability)},
             "tensorrt_version": tensorrt_version,
-            "resolution": list(resolution),
+            **resolution_report(resolution),
             "max_batch": max_batch,
             "source": fingerprint,
             "networks": networks,

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from compositor.errors import CompositorError
-from compositor.spec import parse_resolution
+from compositor.spec import RESOLUTION_MULTIPLE, Resolution, parse_resolution
 
 REPORT_FILE = "export_report.json"
 TIMING_CACHE_FILE = "timing.cache"
@@ -64,15 +64,44 @@ def read_report(export_dir: str | Path) -> dict:
         raise ExportReportError(f"{path} is not readable JSON ({error}); export again") from None
 
 
-def report_shape(export_dir: str | Path) -> tuple[tuple[int, int], int]:
-    """The network resolution ``(height, width)`` and max batch the export was made at (its report's).
+def resolution_report(resolution: Resolution) -> dict:
+    """The resolution fields of ``export_report.json`` (and of the engine cache's manifest).
+
+    ``network_resolution`` is what ``--resolution`` took (``"512"``: aspect buckets with short
+    side 512; ``"256x384"``: one fixed size) and what readers of the report use
+    (``layout.report_shape``); ``buckets`` lists every (height, width) the networks run at, with
+    how preprocessing picks one; ``resolution`` is the reference (square) bucket as [height, width],
+    the field reports had before buckets, kept for readers that know only it.
+    """
+    return {
+        "network_resolution": str(resolution),
+        "buckets": [list(bucket) for bucket in resolution.buckets],
+        "bucket_choice": (
+            "one fixed size: every frame is resized to it" if resolution.fixed else
+            "the bucket nearest the source frame's aspect ratio (log ratio); short side "
+            f"{min(resolution.reference)}, long sides floored to multiples of {RESOLUTION_MULTIPLE}"
+        ),
+        "resolution": list(resolution.reference),
+    }
+
+
+def report_shape(export_dir: str | Path) -> tuple[Resolution, int]:
+    """The network resolution and max batch the export was made at (its report's).
+
+    The resolution is the report's ``network_resolution`` (``"512"``: aspect buckets, ``"256x384"``:
+    one fixed size); a report from before aspect buckets has only ``resolution`` ([height, width]),
+    the one fixed size its graphs were exported at.
 
     Raises:
         ExportReportError: no readable report, or one without a valid resolution or max batch.
     """
     report = read_report(export_dir)
     try:
-        return parse_resolution(tuple(report["resolution"])), int(report["max_batch"])
+        if "network_resolution" in report:
+            resolution = parse_resolution(str(report["network_resolution"]))
+        else:
+            resolution = parse_resolution(tuple(report["resolution"]))
+        return resolution, int(report["max_batch"])
     except (KeyError, TypeError, ValueError) as error:
         raise ExportReportError(
             f"{Path(export_dir) / REPORT_FILE} has no valid resolution and max_batch ({type(error).__name__}: "

@@ -1,8 +1,11 @@
 """Step 1 of the export chain: a contract model (``networks.contract.contract_models``) -> FP32 ONNX.
 
-The graph gets the spec's tensor names, a dynamic batch axis and nothing else dynamic: the spatial
-size is fixed at export (the deployment's network resolution), which is what TensorRT profiles and
-Triton configs assume.
+The graph gets the spec's tensor names and dynamic batch, height and width axes (``spec.dynamic_axes``):
+one graph serves every aspect bucket of the deployment (``spec.Resolution``), as one TensorRT
+profile and one Triton config do. It is traced at the reference (square) bucket. A shape the trace
+turns into a constant must be the same at every bucket: radii in pixels follow the short side,
+which the buckets share (``networks.layers.short_side``); the export's parity checks run the graph
+at a second bucket (the widest) to catch any other.
 
 Exporter choice: the TorchScript exporter (``dynamo=False``). On these networks it produces opset
 17 graphs whose node names carry the module scope (``/adain_2/ReduceSum``), which is how the
@@ -44,19 +47,17 @@ class ExportError(CompositorError, RuntimeError):
     """An exported graph does not honour the tensor contract (names, shapes, opset)."""
 
 
-def example_inputs(model_spec: spec.ModelSpec, resolution: tuple[int, int], batch: int = EXAMPLE_BATCH) -> tuple[torch.Tensor, ...]:
-    """Deterministic [0, 1] tensors in the spec's input order, for tracing."""
+def example_inputs(model_spec: spec.ModelSpec, size: tuple[int, int], batch: int = EXAMPLE_BATCH) -> tuple[torch.Tensor, ...]:
+    """Deterministic [0, 1] tensors at ``size`` (one bucket) in the spec's input order, for tracing."""
     generator = torch.Generator().manual_seed(0)
-    return tuple(
-        torch.rand((batch, *tensor.resolved_shape(resolution)), generator=generator) for tensor in model_spec.inputs
-    )
+    return tuple(torch.rand((batch, *tensor.resolved_shape(size)), generator=generator) for tensor in model_spec.inputs)
 
 
 def export_fp32(
     model: nn.Module,
     name: str,
     path: str | Path,
-    resolution: tuple[int, int],
+    resolution: spec.Resolution | str | int | tuple[int, int],
     opset: int = spec.ONNX_OPSET,
 ) -> Path:
     """Export ``model`` (a contract model) to an FP32 ONNX file with the spec's names.
@@ -65,7 +66,8 @@ def export_fp32(
         model: module whose ``forward`` takes the spec's inputs of network ``name`` in order.
         name: network name in ``compositor.spec.NETWORKS``.
         path: output ``.onnx`` file, written atomically.
-        resolution: network (height, width), fixed in the graph (parsed at the edge: ``spec.parse_resolution``).
+        resolution: the deployment's ``spec.Resolution`` (``spec.parse_resolution`` takes the rest):
+            the graph is traced at its reference bucket and takes every bucket.
         opset: ONNX opset, at least ``spec.ONNX_OPSET``.
 
     Returns:
@@ -76,20 +78,25 @@ def export_fp32(
     """
     model_spec = spec.NETWORKS[name]
     path = Path(path)
+    resolution = spec.parse_resolution(resolution)
     if opset < spec.ONNX_OPSET:
         raise ExportError(f"opset {opset} is below the project's minimum {spec.ONNX_OPSET}")
-    log.info("export %s -> %s (FP32, opset %d, %s, batch dynamic)", name, path, opset, spec.format_resolution(resolution))
+    log.info(
+        "export %s -> %s (FP32, opset %d, traced at %s, batch, height and width dynamic)",
+        name, path, opset, spec.format_size(resolution.reference),
+    )  # fmt: skip
     model = model.eval()
     with atomic_path(path) as traced_path, torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns about Python-level shape checks (MODNet's input validation); the shapes
-        # are static by design, so those branches are constant for every batch size.
+        # The tracer warns about Python-level shape checks (MODNet's input validation: multiples of
+        # 32, true of every bucket) and radii from the short side (the same in every bucket), so
+        # those constants hold for every input the deployment sends.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*feature will be removed.*", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*instance_norm.*", category=UserWarning)
         torch.onnx.export(
             model,
-            example_inputs(model_spec, resolution),
+            example_inputs(model_spec, resolution.reference),
             str(traced_path),
             input_names=model_spec.input_names(),
             output_names=model_spec.output_names(),
@@ -99,7 +106,7 @@ def export_fp32(
             dynamo=False,
         )
         proto = clean_graph(onnx.load(str(traced_path)))
-        check_contract(proto, model_spec, resolution, opset)
+        check_contract(proto, model_spec, opset)
         onnx.save(proto, str(traced_path))
     log.info("export %s: %d nodes, %.1f MB", name, len(proto.graph.node), path.stat().st_size / 1e6)
     return path
@@ -153,15 +160,17 @@ def tensor_shape(value: onnx.ValueInfoProto) -> list[int | str | None]:
     return dims
 
 
-def check_contract(
-    model: onnx.ModelProto, model_spec: spec.ModelSpec, resolution: tuple[int, int], min_opset: int = spec.ONNX_OPSET
-) -> None:
+DYNAMIC_AXES = (BATCH_AXIS_NAME, spec.HEIGHT_AXIS, spec.WIDTH_AXIS)
+"""The only symbolic dimensions the graph I/O may have."""
+
+
+def check_contract(model: onnx.ModelProto, model_spec: spec.ModelSpec, min_opset: int = spec.ONNX_OPSET) -> None:
     """Check an exported graph against the spec.
 
     Checks: ``onnx.checker`` (full), opset, input/output names in spec order, FP32 I/O, the I/O
-    shapes ``[batch, *spec shape]`` with only the batch symbolic, and that strict shape inference
-    (with data propagation) leaves no dynamic dimension other than the leading batch dimension on
-    any intermediate tensor.
+    shapes ``[batch, C, height, width]`` (``spec.dynamic_axes``: symbolic batch and spatial axes,
+    static channels), and that strict shape inference (with data propagation) leaves the channels
+    of every 4-D float tensor in the graph static (only batch and spatial extent may vary).
 
     Raises:
         ExportError: naming the first mismatch found.
@@ -189,7 +198,7 @@ def check_contract(
                     f"{model_spec.name}: {tensor.name} is {onnx.TensorProto.DataType.Name(elem_type)}, spec says float32"
                 )
             dims = tensor_shape(value)
-            wanted = [BATCH_AXIS_NAME, *tensor.resolved_shape(resolution)]
+            wanted = [BATCH_AXIS_NAME, *tensor.resolved_shape((spec.HEIGHT_AXIS, spec.WIDTH_AXIS))]
             if dims != wanted:
                 raise ExportError(f"{model_spec.name}: {tensor.name} has shape {dims}, spec says {wanted}")
 
@@ -198,7 +207,7 @@ def check_contract(
         dims = tensor_shape(value)
         if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or not dims:
             continue  # shape arithmetic (int64) and scalars
-        if any(not isinstance(d, int) for d in dims[1:]):
+        if len(dims) == 4 and not isinstance(dims[1], int):
             raise ExportError(
-                f"{model_spec.name}: tensor {value.name!r} has shape {dims}: only the batch dimension may be dynamic"
+                f"{model_spec.name}: tensor {value.name!r} has shape {dims}: its channels are not static"
             )

@@ -1,11 +1,13 @@
 """Parity checks: ONNX Runtime against eager PyTorch (FP32), FP16 ONNX against FP32 ONNX, and (where
 TensorRT exists) an engine against ONNX Runtime: one comparison, through Polygraphy.
 
-Every check runs two input cases per network:
+Every check runs two input cases per network at the reference (square) bucket, and again at the
+widest bucket (``photos_wide``, ``random_wide``) when the resolution has more than one: the graphs
+are traced at the square bucket, so a shape baked into the trace shows up at the other:
 
 * ``photos``: real photographs shipped with scikit-image (astronaut and chelsea as sources, coffee
-  and rocket as backgrounds) brought to network resolution by the very preprocessing the pipeline
-  uses; blending and harmonization get the matte and composite the eager upstream networks produce,
+  and rocket as backgrounds) brought to the bucket by the very preprocessing the pipeline uses;
+  blending and harmonization get the matte and composite the eager upstream networks produce,
   exactly as in the eager pipeline;
 * ``random``: uniform [0, 1] noise, with a batch size other than the traced one (the batch axis must
   really be dynamic).
@@ -51,7 +53,7 @@ from torch import nn
 
 from compositor import imaging, spec
 from compositor.errors import CompositorError
-from compositor.export.metrics import OutputComparison, compare, error_bounds, psnr_db  # noqa: F401 - compare: re-exported
+from compositor.export.metrics import OutputComparison, compare, error_bounds, psnr_db, with_band_errors  # noqa: F401 - compare: re-exported
 from compositor.onnx_runtime import create_session
 
 log = logging.getLogger(__name__)
@@ -61,15 +63,18 @@ FP32_MAX_ABS_ERROR = 1e-4
 
 FP16_TOLERANCES: dict[str, dict[str, float]] = {
     "alpha": {"max_abs_error": 0.02},
+    "refined_alpha": {"max_abs_error": 0.02},
     "blended": {"psnr_db": 40.0},
     "harmonized": {"psnr_db": 40.0},
 }
-"""FP16 ONNX against FP32 ONNX on ONNX Runtime CPU, on the ``photos`` case (all cases must be finite)."""
+"""FP16 ONNX against FP32 ONNX on ONNX Runtime CPU, on the photo cases (all cases must be finite)."""
 
 PHOTO_SOURCES = ("astronaut", "chelsea")
 PHOTO_BACKGROUNDS = ("coffee", "rocket")
 RANDOM_BATCH = 3
 RANDOM_SEED = 0
+WIDE_SUFFIX = "_wide"
+"""Cases at the widest bucket are named ``photos_wide``, ``random_wide``."""
 
 
 class ParityError(CompositorError, RuntimeError):
@@ -129,38 +134,60 @@ def _photo(name: str) -> np.ndarray:
     return image[..., :3]
 
 
-def photo_feeds(models: dict[str, nn.Module], resolution: tuple[int, int]) -> dict[str, dict[str, np.ndarray]]:
-    """Network inputs made from real photos, per network, in the spec's names.
+def photo_feeds(models: dict[str, nn.Module], size: tuple[int, int]) -> dict[str, dict[str, np.ndarray]]:
+    """Network inputs made from real photos at ``size`` (one bucket), per network, in the spec's names.
 
     The sources and backgrounds have different sizes, so they go through ``imaging.preprocess``
-    one pair at a time (exactly as single requests would) and are stacked into a batch.
+    (at the fixed ``size``, whatever bucket their proportions would pick) one pair at a time,
+    exactly as single requests would, and are stacked into a batch.
     """
     sources, backgrounds = [], []
     for source_name, background_name in zip(PHOTO_SOURCES, PHOTO_BACKGROUNDS):
-        prepared = imaging.preprocess(_photo(source_name)[None], _photo(background_name)[None], resolution)
+        prepared = imaging.preprocess(_photo(source_name)[None], _photo(background_name)[None], spec.fixed_resolution(*size))
         sources.append(prepared.source)
         backgrounds.append(prepared.background)
     chain = {"source": np.concatenate(sources), "background": np.concatenate(backgrounds)}
     with torch.no_grad():
-        chain = spec.run_chain(lambda name, *inputs: models[name](*map(torch.from_numpy, inputs)).numpy(), chain)
+        chain = spec.run_chain(lambda name, *inputs: _numpy(models[name](*map(torch.from_numpy, inputs))), chain)
     return spec.network_feeds(chain)
 
 
-def random_feeds(resolution: tuple[int, int], batch: int = RANDOM_BATCH, seed: int = RANDOM_SEED) -> dict[str, dict[str, np.ndarray]]:
-    """Uniform [0, 1] inputs per network, in the spec's names."""
+def _numpy(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> np.ndarray | tuple[np.ndarray, ...]:
+    return tuple(output.numpy() for output in outputs) if isinstance(outputs, tuple) else outputs.numpy()
+
+
+def random_feeds(size: tuple[int, int], batch: int = RANDOM_BATCH, seed: int = RANDOM_SEED) -> dict[str, dict[str, np.ndarray]]:
+    """Uniform [0, 1] inputs at ``size`` (one bucket) per network, in the spec's names."""
     rng = np.random.default_rng(seed)
     return {
-        name: {
-            tensor.name: rng.random((batch, *tensor.resolved_shape(resolution)), dtype=np.float32)
-            for tensor in model_spec.inputs
-        }
+        name: {tensor.name: rng.random((batch, *tensor.resolved_shape(size)), dtype=np.float32) for tensor in model_spec.inputs}
         for name, model_spec in spec.NETWORKS.items()
     }
 
 
-def parity_feeds(models: dict[str, nn.Module], resolution: tuple[int, int]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """``{case: {network: {input name: array}}}`` for the ``photos`` and ``random`` cases."""
-    return {"photos": photo_feeds(models, resolution), "random": random_feeds(resolution)}
+def parity_buckets(resolution: spec.Resolution | str | int | tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """Case-name suffix -> bucket the checks run at: the reference, and the widest if it differs."""
+    resolution = spec.parse_resolution(resolution)
+    buckets = {"": resolution.reference}
+    if resolution.widest != resolution.reference:
+        buckets[WIDE_SUFFIX] = resolution.widest
+    return buckets
+
+
+def parity_feeds(
+    models: dict[str, nn.Module], resolution: spec.Resolution | str | int | tuple[int, int]
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """``{case: {network: {input name: array}}}``: ``photos`` and ``random`` per ``parity_buckets``."""
+    feeds = {}
+    for suffix, size in parity_buckets(resolution).items():
+        feeds[f"photos{suffix}"] = photo_feeds(models, size)
+        feeds[f"random{suffix}"] = random_feeds(size)
+    return feeds
+
+
+def photo_cases(feeds: dict) -> tuple[str, ...]:
+    """The cases of ``feeds`` made from photos: those the FP16 tolerances apply to."""
+    return tuple(case for case in feeds if case.startswith("photos"))
 
 
 # --- Runners --------------------------------------------------------------------------------------
@@ -181,7 +208,7 @@ class EagerRunner(BaseRunner):
     def get_input_metadata_impl(self) -> TensorMetadata:
         metadata = TensorMetadata()
         for tensor in self.model_spec.inputs:
-            metadata.add(tensor.name, dtype=np.float32, shape=(None, *tensor.shape[:1], None, None))
+            metadata.add(tensor.name, dtype=np.float32, shape=(None, *tensor.resolved_shape((None, None))))
         return metadata
 
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -208,11 +235,12 @@ def run_onnx(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dic
 
 
 def run_eager(model: nn.Module, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a contract model on named inputs; returns its single output by its spec name."""
+    """Run a contract model on named inputs; returns its outputs by their spec names."""
     model_spec = spec.NETWORKS[name]
     with torch.no_grad():
-        output = model(*(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in model_spec.inputs))
-    return {model_spec.outputs[0].name: output.numpy()}
+        outputs = model(*(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in model_spec.inputs))
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return {tensor.name: output.numpy() for tensor, output in zip(model_spec.outputs, outputs)}
 
 
 # --- Comparing ------------------------------------------------------------------------------------
@@ -267,12 +295,12 @@ def compare_runners(
             actual = actual_iterations[index][output]
             polygraphy = verdicts[index][output]
             finite = bool(np.all(np.isfinite(actual)))
-            comparison = OutputComparison(
+            comparison = with_band_errors(OutputComparison(
                 max_abs_error=polygraphy.max_absdiff if finite else math.inf,
                 mean_abs_error=polygraphy.mean_absdiff if finite else math.inf,
                 psnr_db=psnr_db(expected, actual),
                 finite=finite,
-            )
+            ), expected, actual)
             report.cases[case][output] = comparison
             if not finite:
                 report.failures.append(f"{case}/{output}: not finite (inf or nan)")
@@ -327,19 +355,19 @@ def check_fp16_parity(
     fp16_path: str | Path,
     feeds: dict[str, dict[str, dict[str, np.ndarray]]],
     tolerances: dict[str, dict[str, float]] | None = None,
-    toleranced_case: str = "photos",
+    toleranced_cases: tuple[str, ...] | None = None,
 ) -> ParityReport:
     """FP16 ONNX against FP32 ONNX, both on ONNX Runtime CPU.
 
-    Every output of every case must be finite; on ``toleranced_case`` each output must also meet
-    its entry of ``tolerances`` (``max_abs_error`` at most, ``psnr_db`` at least). The other cases
-    are measured and reported.
+    Every output of every case must be finite; on ``toleranced_cases`` (default: the photo cases,
+    ``photo_cases``) each output must also meet its entry of ``tolerances`` (``max_abs_error`` at
+    most, ``psnr_db`` at least). The other cases are measured and reported.
 
     Raises:
         ParityError: listing every miss.
     """
     return check_against_fp32_onnx(
-        name, fp32_path, onnxruntime_runner(fp16_path, "ONNX Runtime CPU, FP16 ONNX"), feeds, tolerances, toleranced_case
+        name, fp32_path, onnxruntime_runner(fp16_path, "ONNX Runtime CPU, FP16 ONNX"), feeds, tolerances, toleranced_cases
     )
 
 
@@ -349,11 +377,12 @@ def check_against_fp32_onnx(
     candidate: BaseRunner,
     feeds: dict[str, dict[str, dict[str, np.ndarray]]],
     tolerances: dict[str, dict[str, float]] | None = None,
-    toleranced_case: str = "photos",
+    toleranced_cases: tuple[str, ...] | None = None,
 ) -> ParityReport:
     """Any FP16 runner (ONNX Runtime on the FP16 ONNX, a TensorRT engine) against ONNX Runtime FP32.
 
-    The FP16 tolerances (default ``FP16_TOLERANCES``) on ``toleranced_case``; finite everywhere.
+    The FP16 tolerances (default ``FP16_TOLERANCES``) on ``toleranced_cases`` (default: the photo
+    cases, at every bucket checked); finite everywhere.
 
     Raises:
         ParityError: listing every miss.
@@ -362,8 +391,9 @@ def check_against_fp32_onnx(
     outputs = spec.NETWORKS[name].output_names()
     tolerances = {output: tolerances[output] for output in outputs if output in tolerances}
     reference = onnxruntime_runner(fp32_path, "ONNX Runtime CPU, FP32 ONNX")
-    report = compare_runners(name, reference, candidate, feeds, tolerances, (toleranced_case,))
-    report.tolerances = {"toleranced_case": toleranced_case, "all_cases": {"finite": True}, **tolerances}
+    toleranced_cases = photo_cases(feeds) if toleranced_cases is None else tuple(toleranced_cases)
+    report = compare_runners(name, reference, candidate, feeds, tolerances, toleranced_cases)
+    report.tolerances = {"toleranced_cases": list(toleranced_cases), "all_cases": {"finite": True}, **tolerances}
     return report.raise_on_failure()
 
 

@@ -2,13 +2,15 @@
 
 ``export_network`` runs one network's chain; each step raises on failure and logs one progress line:
 
-1. FP32 ONNX: ``onnx_export.export_fp32`` (spec names, dynamic batch, fixed spatial size),
-   ``parity.check_fp32_parity`` (ONNX Runtime against eager PyTorch on photos and random inputs),
+1. FP32 ONNX: ``onnx_export.export_fp32`` (spec names, dynamic batch, height and width),
+   ``parity.check_fp32_parity`` (ONNX Runtime against eager PyTorch on photos and random inputs,
+   at the square and the widest aspect bucket),
    ``readiness.check_tensorrt_readiness``;
 2. FP16 ONNX: walk ``fp16.precision_ladder`` until a rung passes ``parity.check_fp16_parity`` and
    ``headroom.check_fp16_headroom``; then ``readiness.check_tensorrt_readiness``;
 3. the optimisation profile against the Triton config of the ``tensorrt`` flavour, whose dims and
-   ``max_batch_size`` come from the same spec (``readiness.check_profile_against_triton``);
+   ``max_batch_size`` come from the same spec, and against every bucket
+   (``readiness.check_profile_against_triton``);
 4. with ``engine``: ``tensorrt.build_engine`` (strongly typed, shared timing cache), then the engine
    against ONNX Runtime FP32 with the FP16 tolerances (``parity.check_against_fp32_onnx`` with a
    ``TrtRunner``).
@@ -39,7 +41,7 @@ from torch import nn
 
 from compositor import spec
 from compositor.export import fp16, headroom, parity, readiness, tensorrt
-from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, fp16_file, fp32_file, plan_file
+from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, fp16_file, fp32_file, plan_file, resolution_report
 from compositor.export.onnx_export import export_fp32
 from compositor.files import atomic_path, write_json
 from compositor.networks.contract import contract_models
@@ -88,7 +90,7 @@ def export_network(
     model: nn.Module,
     out_dir: Path,
     feeds: Feeds,
-    resolution: tuple[int, int],
+    resolution: spec.Resolution,
     max_batch: int,
     engine: bool = False,
     progress: Progress | None = None,
@@ -100,7 +102,8 @@ def export_network(
         model: its contract model (``networks.contract.contract_models``), on the CPU.
         out_dir: where ``layout.fp32_file(name)``, ``fp16_file`` and ``plan_file`` go (must exist).
         feeds: from ``parity.parity_feeds`` (all three networks' inputs, per case).
-        resolution: network (height, width), fixed in every graph and engine.
+        resolution: the deployment's ``spec.Resolution``: the graphs are traced at its reference
+            bucket and take any; the engine profile covers every bucket.
         max_batch: largest batch (TensorRT profile max, Triton ``max_batch_size``).
         engine: also build ``<name>.plan`` with TensorRT (which must be available) and check it.
         progress: where the steps are counted (a private one if None).
@@ -114,6 +117,7 @@ def export_network(
         TensorRTUnavailableError, EngineBuildError: ``engine`` without TensorRT, or TensorRT failed.
     """
     progress = progress or Progress(steps_per_network(engine))
+    resolution = spec.parse_resolution(resolution)
     entry = _network_entry(name, resolution, max_batch)
     fp32_path, fp16_path = out_dir / fp32_file(name), out_dir / fp16_file(name)
 
@@ -122,23 +126,24 @@ def export_network(
             export_fp32(model, name, staging, resolution)
             entry["fp32_parity"] = parity.check_fp32_parity(name, model, staging, feeds).as_dict()
             fp32_model = onnx.load(str(staging))
-            entry["tensorrt_readiness"] = {"fp32": readiness.check_tensorrt_readiness(fp32_model, name, resolution)}
+            entry["tensorrt_readiness"] = {"fp32": readiness.check_tensorrt_readiness(fp32_model, name)}
 
     with progress.step(f"{name}: FP16 ONNX: mixed precision, parity, headroom, TensorRT readiness"):
         entry["fp16"], entry["tensorrt_readiness"]["fp16"] = export_fp16_with_ladder(
-            name, model, fp32_model, fp32_path, fp16_path, feeds, resolution
+            name, model, fp32_model, fp32_path, fp16_path, feeds
         )
 
     with progress.step(f"{name}: TensorRT profile against the Triton config"):
         profiles = spec.tensorrt_profiles(spec.NETWORKS[name], resolution, max_batch)
         # The tensorrt flavour's config takes its dims and max_batch_size from the same spec
         # (compositor.serving.configs); tests/test_export.py checks that the generated config agrees.
-        dims = readiness.spec_triton_dims(name, resolution)
-        readiness.check_profile_against_triton(profiles, dims, max_batch)
+        dims = readiness.spec_triton_dims(name)
+        readiness.check_profile_against_triton(profiles, dims, max_batch, resolution)
         entry["tensorrt_readiness"]["triton_profile_check"] = {
             "passed": True,
             "triton_dims": dims,
             "triton_max_batch_size": max_batch,
+            "buckets_covered": [list(bucket) for bucket in resolution.buckets],
         }
 
     if engine:
@@ -158,7 +163,7 @@ def export_network(
 def export_all(
     out_dir: str | Path,
     networks: Networks,
-    resolution: tuple[int, int] = spec.DEFAULT_RESOLUTION,
+    resolution: spec.Resolution | str | int | tuple[int, int] = spec.DEFAULT_RESOLUTION,
     max_batch: int = spec.DEFAULT_MAX_BATCH,
     engines: bool = False,
     weights: dict | None = None,
@@ -168,7 +173,8 @@ def export_all(
     Args:
         out_dir: export directory (created).
         networks: from ``compositor.networks.factory.load_networks`` (the eager pipeline's weights).
-        resolution: network (height, width), multiples of 32 (``spec.parse_resolution`` at the edge).
+        resolution: the network resolution (``spec.Resolution``; ``spec.parse_resolution`` takes
+            ``512`` for aspect buckets, ``(256, 384)`` for one fixed size).
         max_batch: largest batch (TensorRT profile max, Triton ``max_batch_size``).
         engines: also build ``<name>.plan`` with TensorRT.
         weights: more on where the weights came from, recorded in the report (e.g. checkpoint
@@ -185,6 +191,7 @@ def export_all(
         EngineBuildError: TensorRT failed.
     """
     started = time.perf_counter()
+    resolution = spec.parse_resolution(resolution)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if max_batch < 1:
@@ -195,13 +202,13 @@ def export_all(
     progress = Progress(1 + steps_per_network(build_engines) * len(models))
     log.info(
         "export to %s: %s at %s, batch 1..%d, engines %s",
-        out_dir, ", ".join(models), spec.format_resolution(resolution), max_batch,
+        out_dir, ", ".join(models), resolution.describe(), max_batch,
         "yes" if build_engines else ("requested, TensorRT unavailable" if engines else "no"),
     )  # fmt: skip
 
     _remove_stale_outputs(out_dir, remove_plans=not build_engines)
 
-    with progress.step("parity inputs (scikit-image photos through the eager pipeline, random)"):
+    with progress.step("parity inputs (scikit-image photos through the eager pipeline, random; square and widest bucket)"):
         feeds = parity.parity_feeds(models, resolution)
 
     report_networks, files, timings = {}, [], {}
@@ -213,7 +220,7 @@ def export_all(
 
     report = {
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "resolution": list(resolution),
+        **resolution_report(resolution),
         "max_batch": max_batch,
         "opset": spec.ONNX_OPSET,
         "weights": weights_report(networks, weights),
@@ -265,14 +272,14 @@ def missing_tensorrt_message(report: dict, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _network_entry(name: str, resolution: tuple[int, int], max_batch: int) -> dict:
+def _network_entry(name: str, resolution: spec.Resolution, max_batch: int) -> dict:
     model_spec = spec.NETWORKS[name]
     profiles = spec.tensorrt_profiles(model_spec, resolution, max_batch)
     tolerances = tensorrt.polygraphy_tolerances({t.name: parity.FP16_TOLERANCES[t.name] for t in model_spec.outputs})
     return {
         "files": {"fp32": fp32_file(name), "fp16": fp16_file(name), "plan": None},
-        "inputs": [{"name": t.name, "dtype": t.dtype, "shape": [-1, *t.resolved_shape(resolution)]} for t in model_spec.inputs],
-        "outputs": [{"name": t.name, "dtype": t.dtype, "shape": [-1, *t.resolved_shape(resolution)]} for t in model_spec.outputs],
+        "inputs": [{"name": t.name, "dtype": t.dtype, "shape": [-1, *t.dynamic_shape()]} for t in model_spec.inputs],
+        "outputs": [{"name": t.name, "dtype": t.dtype, "shape": [-1, *t.dynamic_shape()]} for t in model_spec.outputs],
         "tensorrt": {
             "profile": {k: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for k, p in profiles.items()},
             "trtexec": tensorrt.trtexec_command(fp16_file(name), plan_file(name), profiles),
@@ -283,7 +290,7 @@ def _network_entry(name: str, resolution: tuple[int, int], max_batch: int) -> di
     }
 
 
-def export_fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path: Path, feeds, resolution) -> tuple[dict, dict]:
+def export_fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path: Path, feeds) -> tuple[dict, dict]:
     """Walk the precision ladder; write ``fp16_path`` with the first rung that passes every check.
 
     Returns:
@@ -300,7 +307,7 @@ def export_fp16_with_ladder(name, model, fp32_model, fp32_path: Path, fp16_path:
                 attempt["parity"] = parity.check_fp16_parity(name, fp32_path, staging, feeds).as_dict()
                 attempt["headroom"] = headroom.check_fp16_headroom(fp32_model, policy, headroom_feeds).as_dict()
                 # Not a reason to try the next rung: a graph TensorRT cannot take fails the export.
-                ready = readiness.check_tensorrt_readiness(onnx.load(str(staging)), name, resolution)
+                ready = readiness.check_tensorrt_readiness(onnx.load(str(staging)), name)
         except (parity.ParityError, fp16.PrecisionError) as error:
             attempt["failure"] = str(error)
             log.warning("%s: FP16 policy %r rejected: %s", name, policy.name, error)

@@ -291,7 +291,8 @@ def device_memory_bytes(engine) -> int | None:
 
 
 class TensorRTForward:
-    """A network as the GPU benchmark calls it: PyTorch CUDA tensors in, one FP32 CUDA tensor out.
+    """A network as the GPU benchmark calls it: PyTorch CUDA tensors in, FP32 CUDA tensors out (one, or a
+    tuple in spec order where the network has several outputs).
 
     A thin wrapper over an activated ``engine_runner``: PyTorch tensors go in without copies and
     the output stays on the GPU. The runner synchronises its stream before returning, so a chain of
@@ -306,7 +307,8 @@ class TensorRTForward:
     def __call__(self, *inputs):
         feeds = {tensor.name: value.contiguous() for tensor, value in zip(self.model_spec.inputs, inputs)}
         outputs = self.runner.infer(feeds, check_inputs=False, copy_outputs_to_host=False)
-        return outputs[self.model_spec.outputs[0].name]
+        results = tuple(outputs[name] for name in self.model_spec.output_names())
+        return results[0] if len(results) == 1 else results
 
     def close(self) -> None:
         if self.runner.is_active:

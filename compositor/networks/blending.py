@@ -24,6 +24,7 @@ from compositor.networks.layers import (
     dilate,
     erode,
     linear_composite,
+    short_side,
     unet_widths,
     upsample_to,
     zero_initialised_conv,
@@ -31,17 +32,19 @@ from compositor.networks.layers import (
 
 
 EDGE_FRACTION = 1 / 32
-"""The matte correction acts within this fraction of the image side of the given matte's edge."""
+"""The matte correction acts within this fraction of the image's short side of the given matte's edge."""
 
 
 def edge_region(alpha: torch.Tensor) -> torch.Tensor:
-    """1 within ``EDGE_FRACTION`` of the side from any edge of ``alpha`` (dilation minus erosion), else 0.
+    """1 within ``EDGE_FRACTION`` of the short side from any edge of ``alpha`` (dilation minus erosion), else 0.
 
     A matting network's errors sit at the matte's edge; far inside the subject or the background the
     matte is right, and a correction there could only wash the subject out (seen at 512 pixels with
     a net trained at 256 before this gate existed).
     """
-    radius = max(1, int(alpha.shape[-1] * EDGE_FRACTION))
+    # The short side, not the width: the same radius at every aspect bucket of a deployment, which
+    # is what the ONNX export bakes in (see ``short_side``); unchanged for square inputs.
+    radius = max(1, int(short_side(alpha) * EDGE_FRACTION))
     dilated, eroded = dilate(alpha, radius), erode(alpha, radius)
     # A steep ramp: 1 wherever dilation and erosion differ by 0.01 or more; plain float arithmetic
     # (Mul, Clip) in every runtime, no BOOL tensor in the graph.
@@ -71,6 +74,13 @@ class BlendingUNet(nn.Module):
 
     def forward(self, source: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
         """Blend ``source`` onto ``background`` (all [B, C, H, W] in [0, 1]); returns [B, 3, H, W]."""
+        return self.blend(source, alpha, background)[0]
+
+    def blend(
+        self, source: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The composite [B, 3, H, W] and the matte it was made with [B, 1, H, W] (``alpha`` corrected
+        at its edge with ``refine_alpha``, else ``alpha`` itself): what the chain hands on."""
         skips = self.encoders(torch.cat([source, alpha, background], dim=1))
         features = skips[-1]
         for decoder, skip in zip(self.decoders, reversed(skips[:-1])):
@@ -78,4 +88,4 @@ class BlendingUNet(nn.Module):
         residual = self.residual_head(features)
         if self.alpha_head is not None:
             alpha = (alpha + edge_region(alpha) * self.alpha_head(features)).clamp(0.0, 1.0)
-        return (linear_composite(source, alpha, background) + residual).clamp(0.0, 1.0)
+        return (linear_composite(source, alpha, background) + residual).clamp(0.0, 1.0), alpha

@@ -1,4 +1,8 @@
-"""Parameter and FLOP counts of the networks at a given resolution (``compositor info``, benchmarks)."""
+"""Parameter and FLOP counts of the networks at one network size (``compositor info``, benchmarks).
+
+Sizes here are one bucket, (height, width); callers with a ``spec.Resolution`` pass its
+``reference`` (the square bucket).
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,22 @@ from torch.utils.flop_counter import FlopCounterMode
 from compositor.spec import CHAIN, CHAIN_INPUTS, NETWORKS
 
 
-def example_inputs(name: str, resolution: tuple[int, int], batch: int = 1) -> list[torch.Tensor]:
+def example_inputs(name: str, size: tuple[int, int], batch: int = 1) -> list[torch.Tensor]:
     """Random [0, 1] inputs of network ``name`` in the spec's order (alpha/mask in [0, 1] too)."""
     generator = torch.Generator().manual_seed(0)
     return [
-        torch.rand((batch, *tensor.resolved_shape(resolution)), generator=generator)
+        torch.rand((batch, *tensor.resolved_shape(size)), generator=generator)
         for tensor in NETWORKS[name].inputs
     ]
 
 
-def example_chain_inputs(resolution: tuple[int, int], batch: int = 1) -> list[torch.Tensor]:
+def example_chain_inputs(size: tuple[int, int], batch: int = 1) -> list[torch.Tensor]:
     """Random [0, 1] chain inputs (``spec.CHAIN_INPUTS``, in order), each shaped as the network input that reads it."""
     shapes = {}
     for step in CHAIN:
         for input_name, chain_name in step.inputs:
             tensor = next(t for t in NETWORKS[step.network].inputs if t.name == input_name)
-            shapes.setdefault(chain_name, tensor.resolved_shape(resolution))
+            shapes.setdefault(chain_name, tensor.resolved_shape(size))
     generator = torch.Generator().manual_seed(0)
     return [torch.rand((batch, *shapes[name]), generator=generator) for name in CHAIN_INPUTS]
 
@@ -45,10 +49,10 @@ def count_flops(model: nn.Module, inputs: list[torch.Tensor]) -> int:
     return int(counter.get_total_flops())
 
 
-def complexity_table(models: dict[str, nn.Module], resolution: tuple[int, int]) -> list[dict]:
-    """One row per contract model: ``network``, ``parameters``, ``gflops`` per image at ``resolution``."""
+def complexity_table(models: dict[str, nn.Module], size: tuple[int, int]) -> list[dict]:
+    """One row per contract model: ``network``, ``parameters``, ``gflops`` per image at ``size`` (height, width)."""
     rows = []
     for name, model in models.items():
-        flops = count_flops(model, example_inputs(name, resolution))
+        flops = count_flops(model, example_inputs(name, size))
         rows.append({"network": name, "parameters": count_parameters(model), "gflops": flops / 1e9})
     return rows

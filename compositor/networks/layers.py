@@ -74,6 +74,16 @@ def linear_composite(source: torch.Tensor, alpha: torch.Tensor, background: torc
     return alpha * source + (1.0 - alpha) * background
 
 
+def short_side(image: torch.Tensor) -> int:
+    """The shorter of the height and width of ``image`` [B, C, H, W], as a Python int.
+
+    Radii in pixels scale with this, never with the width alone: a deployment's aspect buckets
+    share their short side, so a radius traced into an ONNX graph at the square bucket is the
+    radius eager mode uses at every bucket (the width differs from bucket to bucket).
+    """
+    return int(min(image.shape[-2:]))
+
+
 def dilate(image: torch.Tensor, radius: int) -> torch.Tensor:
     """Grey-level dilation by a square of side ``2 * radius + 1``, as two 1-D max-pools.
 

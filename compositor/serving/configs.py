@@ -39,6 +39,7 @@ from compositor.serving.conventions import (
     PROVENANCE_FIELDS,
     PROVENANCE_KINDS,
     PROVENANCE_PARAMETER,
+    BUCKETS_PARAMETER,
     RESOLUTION_PARAMETER,
     unknown_provenance,
 )
@@ -50,9 +51,10 @@ from compositor.spec import (
     ENSEMBLES,
     NETWORKS,
     ModelSpec,
+    Resolution,
     TensorSpec,
     chain_steps,
-    format_resolution,
+    format_buckets,
     parse_resolution,
 )
 
@@ -67,7 +69,8 @@ class RepositoryOptions:
 
     Attributes:
         flavor: ``python``, ``onnxruntime`` or ``tensorrt`` (see the module docstring).
-        resolution: network (height, width), fixed per repository; must match the exported models.
+        resolution: the network resolution (``spec.Resolution``: aspect buckets or one fixed size;
+            ``spec.parse_resolution`` takes ``512`` or ``"256x384"``); must match the export's.
         max_batch: ``max_batch_size`` of every model (the ensembles accept batches up to it too).
         instances: instances of every model (``instance_group.count``).
         max_queue_delay_us: dynamic-batcher queue delay of the network models, microseconds.
@@ -76,7 +79,7 @@ class RepositoryOptions:
     """
 
     flavor: str = "python"
-    resolution: tuple[int, int] = DEFAULT_RESOLUTION
+    resolution: Resolution = DEFAULT_RESOLUTION
     max_batch: int = DEFAULT_MAX_BATCH
     instances: int = 1
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
@@ -114,23 +117,27 @@ def triton_dtype(dtype: str) -> str:
     return f"TYPE_{np_to_triton_dtype(np.dtype(dtype))}"
 
 
-def tensor_config(tensor: TensorSpec, resolution: tuple[int, int], optional: bool = False) -> dict:
-    """One ``input``/``output`` entry; dims exclude the batch dimension (``max_batch_size`` > 0)."""
+def tensor_config(tensor: TensorSpec, optional: bool = False) -> dict:
+    """One ``input``/``output`` entry; dims exclude the batch dimension (``max_batch_size`` > 0).
+
+    The network height and width are ``-1``: preprocessing picks one of the resolution's buckets
+    per request, and every bucket goes through the same model.
+    """
     entry = {
         "name": tensor.name,
         "data_type": triton_dtype(tensor.dtype),
-        "dims": list(tensor.resolved_shape(resolution)),
+        "dims": list(tensor.dynamic_shape()),
     }
     if optional:
         entry["optional"] = True
     return entry
 
 
-def _signature(model: ModelSpec, resolution: tuple[int, int]) -> dict:
+def _signature(model: ModelSpec) -> dict:
     optional = OPTIONAL_INPUTS.get(model.name, frozenset())
     return {
-        "input": [tensor_config(t, resolution, optional=t.name in optional) for t in model.inputs],
-        "output": [tensor_config(t, resolution) for t in model.outputs],
+        "input": [tensor_config(t, optional=t.name in optional) for t in model.inputs],
+        "output": [tensor_config(t) for t in model.outputs],
     }
 
 
@@ -167,8 +174,11 @@ def provenance_json(record: dict) -> str:
 def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dict | None = None) -> dict:
     """Config of one network (``matting``, ``blending``, ``harmonization``) in the chosen flavour.
 
-    Networks take fixed-size tensors at the network resolution, so Triton's dynamic batcher can
-    merge requests of any original frame size into one execution. ``provenance`` (where the
+    Networks take tensors at one of the resolution's aspect buckets (dims ``[C, -1, -1]``), so
+    frames of any original size arrive in a few shapes. Triton's dynamic batcher stacks only
+    requests of equal shapes: it merges requests of the same bucket into one execution and runs
+    different buckets as separate batches (one bucket per batch, never padded together).
+    ``provenance`` (where the
     weights came from; unknown, with ``NO_EXPORT_NOTE``, if None) goes in as ``PROVENANCE_PARAMETER``.
     """
     config = {"name": model.name}
@@ -179,7 +189,7 @@ def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dic
     else:
         config["platform"] = "tensorrt_plan"
     config["max_batch_size"] = options.max_batch
-    config.update(_signature(model, options.resolution))
+    config.update(_signature(model))
     config["instance_group"] = _instances(options, gpu=options.on_gpu)
     config["dynamic_batching"] = {"max_queue_delay_microseconds": options.max_queue_delay_us}
     if options.trt_accelerator:
@@ -199,22 +209,26 @@ def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dic
 
 
 def preprocess_config(options: RepositoryOptions) -> dict:
-    """Config of the ``preprocess`` Python model; records the network resolution as a parameter.
+    """Config of the ``preprocess`` Python model; records the network resolution as parameters:
+    ``resolution`` (what it runs by, ``"512"`` or ``"256x384"``) and ``buckets`` (the sizes it
+    resizes frames to, for people and clients).
 
     No dynamic batching: each request has its own frame size, so requests cannot be stacked
     before they are resized; Triton's default scheduler hands the model one request at a time.
     """
     config = {"name": PREPROCESS.name, "backend": "python", "max_batch_size": options.max_batch}
-    config.update(_signature(PREPROCESS, options.resolution))
+    config.update(_signature(PREPROCESS))
     config["instance_group"] = _instances(options, gpu=False)
-    config["parameters"] = _parameters({RESOLUTION_PARAMETER: format_resolution(options.resolution)})
+    config["parameters"] = _parameters(
+        {RESOLUTION_PARAMETER: str(options.resolution), BUCKETS_PARAMETER: format_buckets(options.resolution)}
+    )
     return config
 
 
 def postprocess_config(options: RepositoryOptions) -> dict:
     """Config of the ``postprocess`` Python model (not batched across requests, as ``preprocess``)."""
     config = {"name": POSTPROCESS.name, "backend": "python", "max_batch_size": options.max_batch}
-    config.update(_signature(POSTPROCESS, options.resolution))
+    config.update(_signature(POSTPROCESS))
     config["instance_group"] = _instances(options, gpu=False)
     return config
 
@@ -246,9 +260,9 @@ def ensemble_steps(with_alpha: bool) -> list[dict]:
     steps = [_step(PREPROCESS.name, _same_names(client_inputs), _same_names(prepared))]
     given = CHAIN_INPUTS + (("alpha",) if with_alpha else ())
     for step in chain_steps(given):
-        network_output = NETWORKS[step.network].output_names()[0]
         input_map = {name: ensemble_tensor(chain_tensor) for name, chain_tensor in step.inputs}
-        steps.append(_step(step.network, input_map, {network_output: ensemble_tensor(step.output)}))
+        output_map = {name: ensemble_tensor(chain_tensor) for name, chain_tensor in step.writes().items()}
+        steps.append(_step(step.network, input_map, output_map))
     post_inputs = [t.name for t in POSTPROCESS.inputs if with_alpha or t.name not in OPTIONAL_INPUTS[POSTPROCESS.name]]
     # With the client's matte, postprocess's ``alpha`` output would only echo it: not an output.
     post_outputs = ENSEMBLES["composite_with_alpha" if with_alpha else "composite"].output_names()
@@ -259,7 +273,7 @@ def ensemble_steps(with_alpha: bool) -> list[dict]:
 def ensemble_config(ensemble: ModelSpec, options: RepositoryOptions) -> dict:
     """Config of an ensemble (``composite`` or ``composite_with_alpha``): uint8 NHWC frames of any size."""
     config = {"name": ensemble.name, "platform": "ensemble", "max_batch_size": options.max_batch}
-    config.update(_signature(ensemble, options.resolution))
+    config.update(_signature(ensemble))
     config["ensemble_scheduling"] = {"step": ensemble_steps(with_alpha="alpha" in ensemble.input_names())}
     return config
 

@@ -18,7 +18,13 @@ DEFAULT_INTRA_OP_THREADS = 2
 suits the 2-core development machine; set it to the cores available per instance elsewhere."""
 
 RESOLUTION_PARAMETER = "resolution"
-"""``preprocess`` config parameter holding the network resolution (``"512x512"``)."""
+"""``preprocess`` config parameter holding the network resolution as ``--resolution`` spells it:
+``"512"`` (aspect buckets with short side 512) or ``"256x384"`` (one fixed size, as every
+repository before aspect buckets recorded it, e.g. ``"512x512"``)."""
+
+BUCKETS_PARAMETER = "buckets"
+"""``preprocess`` config parameter listing the buckets of the resolution (``"512x512,512x672,..."``,
+height x width), for people and other clients; ``preprocess`` checks it against the resolution."""
 
 INTRA_OP_THREADS_PARAMETER = "intra_op_thread_count"
 """Same key as Triton's ONNX Runtime backend uses, so both flavours are tuned the same way."""

@@ -10,8 +10,9 @@ Layout (``<out>/<model>/config.pbtxt`` and ``<out>/<model>/1/...``):
   needs the version directory, git needs a file to keep it).
 
 The network resolution and max batch of a repository built from an export folder come from that
-folder's ``export_report.json`` (``export_settings``): the ONNX graphs are fixed at the exported
-resolution, and TensorRT engines accept batches up to the exported profile's max only.
+folder's ``export_report.json`` (``export_settings``): the graphs take any aspect bucket, but
+blending's edge band is sized for the exported short side, and TensorRT engines accept the
+exported profile's buckets and batches only.
 
 Where the weights came from travels with the repository: each network's config carries the
 export report's provenance record (``weights.provenance``: kind, file name, SHA-256, note) as the
@@ -42,7 +43,7 @@ from compositor.serving.conventions import (
     unknown_provenance,
 )
 from compositor.serving.stages import POSTPROCESS, PREPROCESS
-from compositor.spec import NETWORKS, ModelSpec, format_resolution, parse_resolution
+from compositor.spec import HEIGHT_AXIS, NETWORKS, WIDTH_AXIS, ModelSpec, Resolution, parse_resolution
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +94,22 @@ class ExportSettings:
     """What a repository built from an export folder takes from its ``export_report.json``.
 
     Attributes:
-        resolution: network (height, width) the networks were exported at.
+        resolution: the network resolution the networks were exported at.
         max_batch: max batch of the repository's models.
     """
 
-    resolution: tuple[int, int]
+    resolution: Resolution
     max_batch: int
 
 
 def export_settings(
-    export_dir: Path, flavor: str, resolution: tuple[int, int] | None = None, max_batch: int | None = None
+    export_dir: Path, flavor: str, resolution: Resolution | str | int | tuple[int, int] | None = None, max_batch: int | None = None
 ) -> ExportSettings:
     """The network resolution and max batch of a repository built from ``export_dir``.
 
     Both default to the export's (its ``export_report.json``). An explicit ``resolution`` must
-    equal the export's: the ONNX graphs and engines are fixed at it. An explicit ``max_batch`` may
+    equal the export's: the graphs and engines were checked (and blending's edge band sized) for
+    its buckets, and the engines' profiles cover those only. An explicit ``max_batch`` may
     be lower than the export's (Triton then sends smaller batches); higher is refused for the
     ``tensorrt`` flavour, whose engines accept batches up to the export's only, and allowed for the
     ONNX flavours, whose graphs have a dynamic batch axis.
@@ -120,9 +122,9 @@ def export_settings(
     where = Path(export_dir) / REPORT_FILE
     if resolution is not None and parse_resolution(resolution) != exported_resolution:
         raise ExportMismatchError(
-            f"resolution {format_resolution(parse_resolution(resolution))} differs from the export's "
-            f"{format_resolution(exported_resolution)} ({where}): the networks are exported at a fixed "
-            "resolution; leave --resolution out, or export again at the resolution you want"
+            f"resolution {parse_resolution(resolution).describe()} differs from the export's "
+            f"{exported_resolution.describe()} ({where}): the networks are exported and checked for "
+            "their resolution; leave --resolution out, or export again at the resolution you want"
         )
     if max_batch is not None and max_batch > exported_max_batch and flavor == "tensorrt":
         raise ExportMismatchError(
@@ -215,12 +217,13 @@ def uses_python_model(model: str, flavor: str) -> bool:
     return model in (PREPROCESS.name, POSTPROCESS.name) or (model in NETWORKS and flavor == "python")
 
 
-def check_onnx_contract(path: Path, model: ModelSpec, resolution: tuple[int, int]) -> None:
-    """Check an exported ONNX file against the spec: tensor names and the network resolution.
+def check_onnx_contract(path: Path, model: ModelSpec) -> None:
+    """Check an exported ONNX file against the spec: tensor names, channels, dynamic height and width.
 
     Raises:
         CorruptModelFileError: the file does not parse as ONNX or fails ONNX's checker.
-        RepositoryOptionsError: wrong input/output names, or inputs exported at another resolution.
+        RepositoryOptionsError: wrong input/output names, other channels, or a fixed spatial size
+            (an export from before aspect buckets, which takes one size only).
     """
     import onnx  # only needed when ONNX files are copied
 
@@ -235,7 +238,7 @@ def check_onnx_contract(path: Path, model: ModelSpec, resolution: tuple[int, int
         ) from error
     graph = proto.graph
     initializers = {i.name for i in graph.initializer}
-    inputs = {i.name: [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
+    inputs = {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param or -1 for d in i.type.tensor_type.shape.dim]
               for i in graph.input if i.name not in initializers}
     outputs = [o.name for o in graph.output]
     if sorted(inputs) != sorted(model.input_names()) or sorted(outputs) != sorted(model.output_names()):
@@ -244,12 +247,12 @@ def check_onnx_contract(path: Path, model: ModelSpec, resolution: tuple[int, int
             f"{model.input_names()} -> {model.output_names()}; re-export with 'compositor export'"
         )
     for tensor in model.inputs:
-        expected = list(tensor.resolved_shape(resolution))
+        expected = list(tensor.resolved_shape((HEIGHT_AXIS, WIDTH_AXIS)))
         if inputs[tensor.name][1:] != expected:
             raise RepositoryOptionsError(
-                f"{path}: input {tensor.name!r} has shape {inputs[tensor.name][1:]} (without batch), the "
-                f"repository's resolution {format_resolution(resolution)} needs {expected}; generate the "
-                "repository at the export's resolution or re-export at this one"
+                f"{path}: input {tensor.name!r} has shape {inputs[tensor.name][1:]} (without batch), the spec "
+                f"needs {expected} (dynamic height and width, one graph for every aspect bucket); re-export "
+                "with 'compositor export'"
             )
 
 
@@ -271,7 +274,7 @@ def _find_model_files(export_dir: Path | None, options: RepositoryOptions, confi
         )
     if file_name is fp32_file:
         for name, path in found.items():
-            check_onnx_contract(path, NETWORKS[name], options.resolution)
+            check_onnx_contract(path, NETWORKS[name])
     return found
 
 
@@ -297,7 +300,7 @@ def generate_repository(
     Raises:
         MissingModelFilesError: network files missing and not ``configs_only``.
         CorruptModelFileError: a network's ONNX file is truncated or not ONNX at all.
-        ValueError: an ONNX file does not match the spec (names or resolution).
+        ValueError: an ONNX file does not match the spec (names, channels, dynamic height and width).
         ConfigSchemaError: a config does not fit Triton's schema (a bug in the generator).
     """
     out = Path(out)
@@ -307,7 +310,7 @@ def generate_repository(
     model_files = _find_model_files(Path(export_dir) if export_dir else None, options, configs_only)
 
     result = GeneratedRepository(root=out, models=list(configs), provenance=provenance)
-    header = HEADER.format(flavor=options.flavor, resolution=format_resolution(options.resolution))
+    header = HEADER.format(flavor=options.flavor, resolution=options.resolution)
     for name, text in texts.items():
         version_dir = out / name / VERSION
         version_dir.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ POSTPROCESS = ModelSpec(
         _network("network_source", 3),
         _network("network_background", 3),
         _network("network_alpha", 1),
+        _network("network_refined_alpha", 1),
         _network("network_blended", 3),
         _network("network_harmonized", 3),
         _ALPHA,

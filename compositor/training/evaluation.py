@@ -202,15 +202,23 @@ def fmse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torc
 
 @torch.no_grad()
 def evaluate_blending(blending: nn.Module, batches: list[TrainingBatch]) -> dict:
-    """Table 1: boundary-band PSNR/SSIM of learned vs linear blending, same imperfect matte."""
+    """Table 1: boundary-band PSNR/SSIM of learned vs linear blending, same imperfect matte.
+
+    Also outside the band (``outside_psnr``, ``linear_outside_psnr``, ``outside_loss_db``): there
+    linear blending is already right, and learned blending must not damage it (its colour residual
+    is not gated to the band).
+    """
     scores: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
         learned = blending(batch.source, batch.imperfect_alpha, batch.background)
         for name, output in (("boundary", learned), ("linear_boundary", batch.linear_blend())):
             scores.setdefault(f"{name}_psnr", []).append(psnr(output, batch.target, batch.band))
             scores.setdefault(f"{name}_ssim", []).append(ssim(output, batch.target, batch.band))
+        for name, output in (("outside", learned), ("linear_outside", batch.linear_blend())):
+            scores.setdefault(f"{name}_psnr", []).append(psnr(output, batch.target, 1.0 - batch.band))
     result = {key: _mean(values) for key, values in scores.items()}
     result["gain_db"] = round(result["boundary_psnr"] - result["linear_boundary_psnr"], 3)
+    result["outside_loss_db"] = round(result["linear_outside_psnr"] - result["outside_psnr"], 3)
     return result
 
 

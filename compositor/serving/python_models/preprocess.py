@@ -3,7 +3,9 @@
 Served through the repository's ``preprocess/1/model.py``, which imports this class. It calls ``compositor.imaging.preprocess``
 unchanged, the very function the eager pipeline calls, with the request's tensors named as in this
 model's config (``source``, ``background`` and the optional ``alpha``). The network resolution is
-the config parameter ``resolution``.
+the config parameter ``resolution`` (``"512"``: aspect buckets, each request resized to the bucket
+nearest its source's proportions; ``"256x384"``: one fixed size); the ``buckets`` parameter lists
+the sizes that makes, and must agree with it.
 
 One model serves both ensembles (see ``compositor.serving.stages``): a request with ``alpha``
 (``composite_with_alpha``) also gets ``network_alpha`` back. Not batched across requests: every
@@ -15,10 +17,10 @@ the limit...) gets an INVALID_ARG error response naming the problem, a bug an IN
 import triton_python_backend_utils as pb_utils
 
 from compositor import imaging
-from compositor.serving.conventions import RESOLUTION_PARAMETER
+from compositor.serving.conventions import BUCKETS_PARAMETER, RESOLUTION_PARAMETER
 from compositor.serving.python_models.stage import StageModel
 from compositor.serving.stages import PREPARED_FIELDS
-from compositor.spec import parse_resolution
+from compositor.spec import format_buckets, parse_resolution
 
 
 class TritonPythonModel(StageModel):
@@ -27,7 +29,16 @@ class TritonPythonModel(StageModel):
         unknown = set(self.outputs) - set(PREPARED_FIELDS)
         if unknown:
             raise pb_utils.TritonModelException(f"preprocess: config outputs {sorted(unknown)} are not produced by imaging.preprocess")
-        self.resolution = parse_resolution(self.config["parameters"][RESOLUTION_PARAMETER]["string_value"])
+        parameters = {key: value["string_value"] for key, value in self.config["parameters"].items()}
+        self.resolution = parse_resolution(parameters[RESOLUTION_PARAMETER])
+        # A hand-edited bucket list would tell clients sizes this model never makes.
+        listed = parameters.get(BUCKETS_PARAMETER)
+        if listed is not None and listed != format_buckets(self.resolution):
+            raise pb_utils.TritonModelException(
+                f"preprocess: parameter {BUCKETS_PARAMETER}={listed!r} does not match {RESOLUTION_PARAMETER}="
+                f"{parameters[RESOLUTION_PARAMETER]!r}, whose buckets are {format_buckets(self.resolution)!r}; "
+                "regenerate the repository with 'compositor repository'"
+            )
 
     def run(self, request, inputs):
         prepared = imaging.preprocess(resolution=self.resolution, **inputs)
