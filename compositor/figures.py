@@ -70,3 +70,27 @@ def stack_rows(rows: list[np.ndarray], gap: int = 6) -> np.ndarray:
     width = max(row.shape[1] for row in rows)
     padded = [np.pad(row, ((0, gap), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
     return np.concatenate(padded, axis=0)[:-gap]
+
+
+def harmony_check_strip(photo: np.ndarray, harmonized: np.ndarray, gain: int = 4, panel_height: int = 384) -> np.ndarray:
+    """The harmonizer on an input that is already harmonious: the source photo over itself, with its own matte.
+
+    A harmonizer must first do no harm: this row shows the photo, what the harmonizer made of it and
+    their difference enlarged ``gain`` times (black: left alone), with the PSNR between the two.
+
+    Args:
+        photo: the source photo, uint8 ``[H, W, 3]`` (the composite of the person over their own scene).
+        harmonized: the harmonizer's output for it, uint8 ``[H, W, 3]``.
+    """
+    error = photo.astype(np.float32) - harmonized.astype(np.float32)
+    mse = float(np.mean(error**2)) / 255.0**2
+    psnr_db = 10 * np.log10(1.0 / max(mse, 1e-10))
+    difference = np.clip(np.abs(error) * gain, 0, 255).astype(np.uint8)
+    return comparison_strip(
+        [
+            ("already harmonious: the photo itself", photo),
+            (f"harmonized ({psnr_db:.1f} dB to it)", harmonized),
+            (f"difference x{gain}", difference),
+        ],
+        panel_height=panel_height,
+    )

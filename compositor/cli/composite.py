@@ -1,8 +1,9 @@
 """Composite a portrait onto a new, complete background (in-process with --local, or via Triton).
 
 Writes DIR/alpha.png, DIR/blended.png, DIR/harmonized.png at the source's size and
-DIR/comparison.png (source | matte | background | linear paste | blended | harmonized, and below them the
-three composites enlarged where the matte's edge is softest).
+DIR/comparison.png (source | matte | background | linear paste | blended | harmonized; below them the
+three composites enlarged where the matte's edge is softest; last, the source composited over
+itself with its own matte, an already harmonious input, with what the harmonizer made of it).
 
 Exactly one of --local (eager PyTorch in this process) or --url (a Triton server running the
 compositor repository, e.g. started by 'compositor serve') says where the networks run.
@@ -58,7 +59,7 @@ from compositor.cli.options import (
 from compositor.client.pool import DEFAULT_MAX_IN_FLIGHT
 from compositor.client.remote import DEFAULT_TIMEOUT_S, PROTOCOLS
 from compositor.client.video import VIDEO_OUTPUTS
-from compositor.figures import comparison_strip, edge_zoom_strip, linear_paste, stack_rows
+from compositor.figures import comparison_strip, edge_zoom_strip, harmony_check_strip, linear_paste, stack_rows
 from compositor.media.video import is_video
 from compositor.results import CompositeResult
 from compositor.spec import DEFAULT_RESOLUTION
@@ -145,7 +146,11 @@ def run(args) -> int:
     check_output_dir(args.out, "--out")
 
     result = run_remote(args, source, background, alpha) if args.url else run_local(args, source, background, alpha)
-    for path in write_outputs(args.out, source, background, result):
+    # The comparison's last row: the photo over itself with its own matte, an already harmonious
+    # input, which the harmonizer should leave alone.
+    run = run_remote if args.url else run_local
+    harmonious = run(args, source, source, result.alpha).harmonized
+    for path in write_outputs(args.out, source, background, result, harmonious):
         print(path)
     return 0
 
@@ -290,8 +295,11 @@ def run_video(args) -> int:
     return 0
 
 
-def write_outputs(out_dir: Path, source, background, result: CompositeResult) -> list[Path]:
-    """Write the three outputs and the comparison strip; every file is written atomically."""
+def write_outputs(out_dir: Path, source, background, result: CompositeResult, harmonious=None) -> list[Path]:
+    """Write the three outputs and the comparison strip; every file is written atomically.
+
+    ``harmonious``: the harmonizer's output for the source over itself (an already harmonious
+    input); when given, the comparison shows it in a last row (``figures.harmony_check_strip``)."""
     background_full = imaging.cover_resize(background[None], source.shape[:2])[0]
     pasted = linear_paste(source, result.alpha, background_full)
     comparison = comparison_strip(
@@ -306,7 +314,10 @@ def write_outputs(out_dir: Path, source, background, result: CompositeResult) ->
     )
     # A second row zooms in where the matte is soft: where blending and a linear paste differ.
     zoom = edge_zoom_strip(result.alpha, [("linear paste", pasted), ("blended", result.blended), ("harmonized", result.harmonized)])
-    comparison = stack_rows([comparison, zoom])
+    rows = [comparison, zoom]
+    if harmonious is not None:
+        rows.append(harmony_check_strip(source, harmonious))
+    comparison = stack_rows(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         imaging.write_image(out_dir / "alpha.png", result.alpha),

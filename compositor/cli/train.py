@@ -1,8 +1,9 @@
 """Train the blending or harmonization network (the paper's recipes) and write its weights file.
 
-Data: --synthetic uses only photos shipped with installed packages (scikit-image, matplotlib and
-Debian's plasma-workspace-wallpapers, which scripts/setup-training.sh installs), split by photo
-into train and validation; --data DIR takes a folder of photos (PPR10K-style groups: one subfolder
+Data: --synthetic uses only photos shipped with installed packages (scikit-image's, matplotlib's and
+scikit-learn's samples and Debian's plasma-workspace-wallpapers, ukui-wallpapers, lomiri-wallpapers,
+gnome-backgrounds and sway-backgrounds, which scripts/setup-training.sh installs), split by photo
+into train, validation (checkpoint selection) and test (never loaded by training); --data DIR takes a folder of photos (PPR10K-style groups: one subfolder
 per group), a matting set (image/ + alpha/) or iHarmony4 (harmonization only).
 
 The weights file (--out) holds the best validation weights with their provenance. The run folder
@@ -45,12 +46,16 @@ def register(subparsers) -> None:
                         help="harmonization: weight of the DoveNet-style adversarial loss (default 0: L1 only)")
     parser.add_argument("--background-cue", choices=("complete", "partial"), default="complete",
                         help="harmonization: the complete background (the paper) or only what lies outside the mask (the ablation)")
-    parser.add_argument("--no-image-transfer", dest="image_transfer", action="store_false",
-                        help="harmonization: the paper's exact net, without the image-scale Lab colour transfer in front")
+    parser.add_argument("--no-tone-transform", dest="tone_transform", action="store_false",
+                        help="harmonization: the paper's exact net, without the gated tone transform in front")
+    parser.add_argument("--tone-steps", type=non_negative_int, default=0, metavar="N",
+                        help="harmonization: train the tone transform alone for the first N steps (cheap: no U-Net), then the whole net")
+    parser.add_argument("--harmonious-weight", type=float, default=3.0, metavar="W",
+                        help="harmonization: weight of the loss on already harmonious inputs (default 3: do no harm first)")
     parser.add_argument("--no-refine-alpha", dest="refine_alpha", action="store_false",
                         help="blending: the paper's exact net, a colour residual only, without the matte-correction head")
     parser.add_argument("--transfer-lr-multiplier", type=float, default=10.0, metavar="K",
-                        help="harmonization: the image-scale colour transfer learns at K times the learning rate (default 10)")
+                        help="harmonization: the tone transform learns at K times the learning rate (default 10)")
     parser.add_argument("--base-channels", type=positive_int, default=16, help="U-Net width at full resolution (default 16)")
     parser.add_argument("--validate-every", type=positive_int, default=250, metavar="N", help="validation every N steps (default 250)")
     parser.add_argument("--validation-samples", type=positive_int, default=64, metavar="N", help="held-out samples per validation (default 64)")
@@ -65,8 +70,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    if args.task == "blending" and (args.background_cue != "complete" or not args.image_transfer or args.adversarial_weight):
-        raise CommandError("--background-cue, --no-image-transfer and --adversarial-weight apply to harmonization only")
+    if args.task == "blending" and (args.background_cue != "complete" or not args.tone_transform or args.adversarial_weight):
+        raise CommandError("--background-cue, --no-tone-transform and --adversarial-weight apply to harmonization only")
     if args.task == "harmonization" and not args.refine_alpha:
         raise CommandError("--no-refine-alpha applies to blending only")
     if args.size % 32:
@@ -88,7 +93,7 @@ def run(args) -> int:
         task=args.task, out=args.out, synthetic=args.synthetic, data=args.data, size=args.size, crop=args.crop,
         batch_size=args.batch_size, steps=args.steps, minutes=args.minutes, learning_rate=args.learning_rate,
         adversarial_weight=args.adversarial_weight, background_cue=args.background_cue,
-        image_transfer=args.image_transfer, refine_alpha=args.refine_alpha, transfer_learning_rate_multiplier=args.transfer_lr_multiplier,
+        tone_transform=args.tone_transform, harmonious_weight=args.harmonious_weight, tone_steps=args.tone_steps, refine_alpha=args.refine_alpha, transfer_learning_rate_multiplier=args.transfer_lr_multiplier,
         base_channels=args.base_channels, validate_every=args.validate_every,
         validation_samples=args.validation_samples, checkpoint_every=args.checkpoint_every, run_dir=args.run_dir,
         device=args.device, seed=args.seed, resume=args.resume,

@@ -37,7 +37,7 @@ from torch import nn
 
 from compositor.errors import CompositorError
 from compositor.files import atomic_path
-from compositor.networks.harmonization import ImageColourTransfer, MaskedAdaIN
+from compositor.networks.harmonization import MaskedAdaIN, ToneTransform
 from compositor.networks.modnet import MobileNetV2Backbone
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ def precision_ladder(model: nn.Module) -> list[PrecisionPolicy]:
     """The FP32 policies to try for one network, least FP32 first.
 
     Rung 1, always: the normalisation statistics (``STATISTICS_OPS``, every ``MaskedAdaIN`` and
-    ``ImageColourTransfer``).
+    ``ToneTransform``).
     Rung 2, only for networks with a MobileNetV2 encoder (MODNet): the encoder too. A *trained*
     encoder is expected to pass at rung 1. The seeded, untrained MODNet does not: its random encoder
     amplifies any perturbation (scaling the input by 1 + 1e-4 moves the matte by 0.012), so FP16's
@@ -288,7 +288,7 @@ def precision_ladder(model: nn.Module) -> list[PrecisionPolicy]:
         model: the contract model (its module classes decide the scopes).
     """
     adain_scopes = _scopes(model, MaskedAdaIN)
-    transfer_scopes = _scopes(model, ImageColourTransfer)
+    transfer_scopes = _scopes(model, ToneTransform)
     statistics = PrecisionPolicy(
         name="statistics",
         fp32_op_types=STATISTICS_OPS,
@@ -300,7 +300,7 @@ def precision_ladder(model: nn.Module) -> list[PrecisionPolicy]:
                 for scope in adain_scopes
             },
             **{
-                scope: "ImageColourTransfer: Lab statistics over the whole image overflow FP16, and Lab's "
+                scope: "ToneTransform: Lab statistics and histograms over the whole image overflow FP16, and Lab's "
                 "cube root near black is sensitive to FP16 rounding"
                 for scope in transfer_scopes
             },

@@ -10,11 +10,11 @@ input, and the background is never altered.
 
 Two options beyond the paper's net, both stored in the weights file's hyperparameters:
 
-* ``image_transfer=True`` carries the paper's idea one scale further: before the U-Net, the
-  foreground's Lab colour statistics are moved to the complete background's (Reinhard transfer as
-  masked AdaIN at the image scale), with the target statistics corrected by a small learned head
-  that sees both images. Its correction starts at zero, so an untrained net *is* the classical
-  colour transfer, and training learns what statistics alone miss instead of the whole colour shift.
+* ``tone_transform=True`` puts a ``ToneTransform`` in front of the U-Net: from global cues of the
+  foreground (un-premultiplied with the complete background) and of the background it predicts the
+  foreground's harmonious Lab statistics and a gate saying whether to act at all, and applies that
+  colour transform to every foreground pixel; the gate also scales the U-Net's residual. It starts
+  as the identity, and a harmonious input is meant to pass through it unchanged.
 * ``background_cue="partial"`` is the paper's ablation: the net sees only the background outside
   the mask (the composite's own surroundings), as harmonizers without a complete background do.
 """
@@ -30,8 +30,6 @@ from compositor.networks.layers import (
     ConvBlock,
     UNetEncoder,
     decoder_pairs,
-    dilate,
-    short_side,
     unet_widths,
     upsample_to,
     zero_initialised_conv,
@@ -88,7 +86,7 @@ class MaskedAdaIN(nn.Module):
 
 
 class StatisticsEncoder(nn.Sequential):
-    """Two stride-2 3x3 convolutions + ReLU: a coarse summary of an image for the statistics head."""
+    """Two stride-2 3x3 convolutions + ReLU: a coarse summary of an image for the tone head."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
@@ -99,58 +97,73 @@ class StatisticsEncoder(nn.Sequential):
         )
 
 
-class ImageColourTransfer(nn.Module):
-    """Masked AdaIN at the image scale, in Lab, toward learned corrections of the background's statistics.
+def unpremultiply(composite: torch.Tensor, mask: torch.Tensor, background: torch.Tensor, min_alpha: float) -> torch.Tensor:
+    """The foreground's own colours ``F = (C - (1 - alpha) B) / alpha`` where alpha >= ``min_alpha``
+    (the composite elsewhere: there the background dominates and the division amplifies noise)."""
+    safe = mask.clamp(min=min_alpha)
+    foreground = ((composite - (1.0 - safe) * background) / safe).clamp(0.0, 1.0)
+    return torch.where(mask >= min_alpha, foreground, composite)
 
-    The foreground's mask-weighted Lab mean/std move to a target built from the background:
 
-    * a per-channel mix of the whole background's statistics and those of the *region* the object
-      stands in: behind the object for the complete cue (what only a complete background shows),
-      the object's surroundings for the partial cue. The object usually shares the lighting and
-      tone of the place it stands in more than those of the whole frame;
-    * plus a correction (mean shift, log-std scale per Lab channel, and a per-image change of the
-      mix) from a small head over the Lab statistics and pooled features of both images.
+def soft_histogram(values: torch.Tensor, weights: torch.Tensor | None, centres: tuple[float, ...], width: float) -> torch.Tensor:
+    """Per-channel weighted histograms with triangular bins, [B, C * len(centres), 1, 1], each summing to ~1.
 
-    The mix starts at the whole background and the head's last layer at zero, so an untrained
-    module is exactly Reinhard colour transfer toward the complete background. The FP16 export keeps
-    this module in FP32.
+    Position-independent, like the mean and standard deviation, but it also sees the shape of a
+    distribution (a face's skin tones, a sky's gradient)."""
+    if weights is None:
+        weights = torch.ones_like(values[:, :1])
+    area = weights.sum(dim=(2, 3), keepdim=True) + 1e-5
+    bins = [(F.relu(1.0 - (values - centre).abs() / width) * weights).sum(dim=(2, 3), keepdim=True) / area for centre in centres]
+    return torch.cat(bins, dim=1)
+
+
+class ToneTransform(nn.Module):
+    """Predicts the foreground's harmonious colour statistics, and whether to act at all; applies them per pixel.
+
+    Harmony is a shared tone: a person keeps the colours of skin and clothes, so the target is not
+    the background's statistics but what *this* foreground looks like in the background's tone.
+    From global, position-independent cues only (Lab mean/std and histograms of the un-premultiplied
+    foreground and of the complete background, and masked mean/std of small CNN features over the
+    *normalised* foreground, whose content survives any colour shift, and over the background), a
+    head predicts
+
+    * the foreground's target Lab mean and std, as a change on its own (``mean_scale`` Lab units per
+      unit output, a log-scale on the std), and
+    * a gate in (0, 1): how much of that change to apply. Trained to recognise an already
+      harmonious input, it keeps such an input as it is;
+
+    the Lab affine map from the foreground's statistics to ``own + gate * change`` is applied to
+    every foreground pixel. With the complete background known, the foreground is un-premultiplied
+    first (``unpremultiply``), so statistics and mapping see its own colours and a soft edge keeps no
+    rim of the original colour. The head's last layer starts at zero: an untrained module returns its
+    input (the gate only scales a change that is zero), never classical colour transfer.
 
     Args:
         feature_channels: channels of each statistics encoder.
-        hidden_channels: width of the correction head.
+        hidden_channels: width of the head.
         input_scale: the encoders see the images average-pooled by this factor.
     """
 
-    # Lab units per unit of the head's mean output: keeps the head's weights near 1e-2 for shifts
-    # of a few L/a/b units, the scale Adam's steps suit.
     mean_scale = 10.0
-    # The partial cue's region: the surroundings within this fraction of the image's short side.
-    surround_fraction = 1 / 8
+    min_alpha = 0.1
+    histogram_centres = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
+    histogram_width = 0.5
 
-    def __init__(self, feature_channels: int = 32, hidden_channels: int = 64, input_scale: int = 4):
+    def __init__(self, feature_channels: int = 32, hidden_channels: int = 96, input_scale: int = 4):
         super().__init__()
         self.input_scale = input_scale
+        self.foreground_encoder = StatisticsEncoder(7, feature_channels)
         self.background_encoder = StatisticsEncoder(3, feature_channels)
-        self.foreground_encoder = StatisticsEncoder(4, feature_channels)
-        self.correction = nn.Sequential(
-            nn.Conv2d(18 + 4 * feature_channels, hidden_channels, 1),
+        summary = 12 + 2 * 3 * len(self.histogram_centres) + 4 * feature_channels
+        self.head = nn.Sequential(
+            nn.Conv2d(summary, hidden_channels, 1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden_channels, 12, 1),
+            nn.Conv2d(hidden_channels, hidden_channels, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, 7, 1),
         )
-        nn.init.zeros_(self.correction[-1].weight)
-        nn.init.zeros_(self.correction[-1].bias)
-        # How far each target statistic (3 means, 3 stds) moves from the whole background toward the
-        # region's; 0 at the start.
-        self.region_mix = nn.Parameter(torch.zeros(1, 6, 1, 1))
-
-    def region_weights(self, mask: torch.Tensor, background_weights: torch.Tensor | None) -> torch.Tensor:
-        """Where the object stands: behind it (complete cue) or, when the background behind it is
-        unknown (partial cue), its visible surroundings."""
-        if background_weights is None:
-            return mask
-        radius = max(1, int(short_side(mask) * self.surround_fraction) // 2)  # see short_side
-        near = dilate(mask, radius)
-        return near * background_weights
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
 
     def forward(
         self,
@@ -158,34 +171,57 @@ class ImageColourTransfer(nn.Module):
         mask: torch.Tensor,
         background: torch.Tensor,
         background_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        lab = rgb_to_lab(composite)
+    ) -> dict[str, torch.Tensor]:
+        """Returns ``composite`` (the re-toned composite), ``gate`` [B, 1, 1, 1] in (0, 1), ``gate_logit``, and
+        the ungated prediction of the foreground's Lab ``mean`` and ``std`` ([B, 3, 1, 1] each)."""
+        if background_weights is None:
+            foreground = unpremultiply(composite, mask, background, self.min_alpha)
+        else:
+            # The partial cue does not know what lies behind the object's soft edge.
+            foreground = composite
+        weights = mask * (mask >= self.min_alpha).to(mask.dtype)
+        lab = rgb_to_lab(foreground)
         background_lab = rgb_to_lab(background)
-        fg_mean, fg_std = masked_statistics(lab, mask)
+        fg_mean, fg_std = masked_statistics(lab, weights)
         bg_mean, bg_std = masked_statistics(background_lab, background_weights)
-        region_mean, region_std = masked_statistics(background_lab, self.region_weights(mask, background_weights))
+        normalised = (lab - fg_mean) / fg_std
+        bg_normalised = (background_lab - bg_mean) / bg_std
 
-        pooled_mask = F.avg_pool2d(mask, self.input_scale)
+        pooled_mask = F.avg_pool2d(weights, self.input_scale)
         pooled_weights = None if background_weights is None else F.avg_pool2d(background_weights, self.input_scale)
-        bg_features = self.background_encoder(F.avg_pool2d(background, self.input_scale))
-        fg_features = self.foreground_encoder(torch.cat([F.avg_pool2d(composite, self.input_scale), pooled_mask], dim=1))
+        # The normalised foreground carries its content whatever its colours; its absolute Lab colours
+        # say whether those look like a person's skin and clothes in this light.
+        fg_input = torch.cat([F.avg_pool2d(normalised.clamp(-3.0, 3.0) / 3.0 * weights, self.input_scale),
+                              F.avg_pool2d(lab / 50.0 * weights, self.input_scale), pooled_mask], dim=1)
+        fg_features = self.foreground_encoder(fg_input)
+        bg_features = self.background_encoder(F.avg_pool2d(background_lab / 50.0, self.input_scale))
         feature_mask = F.avg_pool2d(pooled_mask, 4)
         feature_weights = None if pooled_weights is None else F.avg_pool2d(pooled_weights, 4)
+        centres, width = self.histogram_centres, self.histogram_width
         summary = torch.cat(
             [
                 # Lab statistics scaled to about unit range (L spans 0..100, a/b about -100..100).
-                fg_mean / 50.0, fg_std / 50.0, bg_mean / 50.0, bg_std / 50.0, region_mean / 50.0, region_std / 50.0,
-                *masked_statistics(bg_features, feature_weights),
+                fg_mean / 50.0, fg_std / 50.0, bg_mean / 50.0, bg_std / 50.0,
+                soft_histogram(normalised, weights, centres, width),
+                soft_histogram(bg_normalised, background_weights, centres, width),
                 *masked_statistics(fg_features, feature_mask),
+                *masked_statistics(bg_features, feature_weights),
             ],
             dim=1,
         )
-        correction = self.correction(summary)
-        toward_region = (self.region_mix + correction[:, 6:]).clamp(0.0, 1.0)
-        target_mean = torch.lerp(bg_mean, region_mean, toward_region[:, :3]) + self.mean_scale * correction[:, :3]
-        target_std = torch.lerp(bg_std, region_std, toward_region[:, 3:]) * torch.exp(correction[:, 3:6])
-        transferred = lab_to_rgb(transfer_statistics(lab, fg_mean, fg_std, target_mean, target_std))
-        return mask * transferred + (1.0 - mask) * composite
+        out = self.head(summary)
+        change_mean, change_log_std, gate_logit = out[:, 0:3], out[:, 3:6], out[:, 6:7]
+        gate = torch.sigmoid(gate_logit)
+        target_mean = fg_mean + gate * self.mean_scale * change_mean
+        target_std = fg_std * torch.exp(gate * change_log_std)
+        toned = lab_to_rgb(transfer_statistics(lab, fg_mean, fg_std, target_mean, target_std))
+        return {
+            "composite": composite + mask * (toned - foreground),
+            "gate": gate,
+            "gate_logit": gate_logit,
+            "mean": fg_mean + self.mean_scale * change_mean,
+            "std": fg_std * torch.exp(change_log_std),
+        }
 
 
 class HarmonizationUNet(nn.Module):
@@ -195,24 +231,24 @@ class HarmonizationUNet(nn.Module):
         base_channels: channels at full resolution, doubled at each pooling.
         levels: encoder levels (5: full .. 1/16); the decoder has ``levels - 1``, the outer three of
             which carry attention gates.
-        image_transfer: run ``ImageColourTransfer`` before the U-Net (off: the paper's exact net).
+        tone_transform: run ``ToneTransform`` before the U-Net and gate its residual (off: the paper's exact net).
         background_cue: ``"complete"`` (the paper's net) or ``"partial"`` (the ablation that sees only
             the background outside the mask).
     """
 
     attention_levels = 3
 
-    def __init__(self, base_channels: int = 16, levels: int = 5, image_transfer: bool = False, background_cue: str = "complete"):
+    def __init__(self, base_channels: int = 16, levels: int = 5, tone_transform: bool = False, background_cue: str = "complete"):
         super().__init__()
         if background_cue not in BACKGROUND_CUES:
             raise ValueError(f"background_cue must be one of {BACKGROUND_CUES}, got {background_cue!r}")
         # Recorded so saved weights can rebuild the architecture (networks/weights.py).
         self.hyperparameters = {"base_channels": base_channels, "levels": levels}
-        if image_transfer or background_cue != "complete":
+        if tone_transform or background_cue != "complete":
             # Only non-default options are recorded, so files of the paper's net keep their metadata.
-            self.hyperparameters.update(image_transfer=image_transfer, background_cue=background_cue)
+            self.hyperparameters.update(tone_transform=tone_transform, background_cue=background_cue)
         self.background_cue = background_cue
-        self.image_transfer = ImageColourTransfer() if image_transfer else None
+        self.tone = ToneTransform() if tone_transform else None
         widths = unet_widths(base_channels, levels)
         self.encoders = UNetEncoder(4, widths)
         pairs = decoder_pairs(widths)
@@ -232,22 +268,34 @@ class HarmonizationUNet(nn.Module):
         All inputs are [B, C, H, W] in [0, 1]; H and W divisible by 2**(levels - 1).
         Returns the harmonized composite, [B, 3, H, W] in [0, 1].
         """
+        return self.forward_parts(composite, mask, background)["harmonized"]
+
+    def forward_parts(self, composite: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``forward``'s output as ``harmonized``, with the tone transform's parts (its ``gate``,
+        ``gate_logit`` and predicted foreground ``mean``/``std``, see ``ToneTransform``) where it has one:
+        what training supervises besides the image."""
         background_weights = None
         if self.background_cue == "partial":
             # The ablation: only the composite's own surroundings are known, not what the object hides.
             background_weights = 1.0 - mask
             background = background * background_weights
-        if self.image_transfer is not None:
-            composite = self.image_transfer(composite, mask, background, background_weights)
+        parts: dict[str, torch.Tensor] = {}
+        gate = None
+        if self.tone is not None:
+            parts = self.tone(composite, mask, background, background_weights)
+            composite, gate = parts["composite"], parts["gate"]
         skips = self.encoders(torch.cat([composite, mask], dim=1))
         features = skips[-1]
         decoder_stages = zip(self.decoders, self.attention_gates, self.background_encoders, reversed(skips[:-1]))
-        for decoder, gate, background_encoder, skip in decoder_stages:
-            features = decoder(gate(torch.cat([upsample_to(features, skip), skip], dim=1)))
+        for decoder, attention, background_encoder, skip in decoder_stages:
+            features = decoder(attention(torch.cat([upsample_to(features, skip), skip], dim=1)))
             factor = composite.shape[-1] // skip.shape[-1]
             scale_mask = F.avg_pool2d(mask, factor) if factor > 1 else mask
             scale_background = F.avg_pool2d(background, factor) if factor > 1 else background
             scale_weights = None if background_weights is None else 1.0 - scale_mask
             features = self.adain(features, scale_mask, background_encoder(scale_background), scale_weights)
         residual = mask * self.residual_head(features)
-        return (composite + residual).clamp(0.0, 1.0)
+        if gate is not None:
+            # The U-Net's local correction is part of acting too: off where the input is harmonious.
+            residual = gate * residual
+        return {**parts, "harmonized": (composite + residual).clamp(0.0, 1.0)}

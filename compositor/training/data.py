@@ -1,6 +1,7 @@
 """Training and held-out data from ``--synthetic`` or ``--data DIR``, as batch synthesizers.
 
-* ``--synthetic``: the package-shipped photos (``photos.synthetic_groups``), split by photo;
+* ``--synthetic``: the package-shipped photos (``photos.synthetic_groups``), split by photo; the
+  photos of people among them are foregrounds with the published MODNet's matte (``people``);
 * ``--data DIR`` of photos (PPR10K-style groups or a flat folder): the same synthesis on them;
 * ``--data DIR`` holding a matting set (``image/`` + ``alpha/``): real mattes instead of synthetic
   ones, each image its own foreground;
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 
 from compositor.imaging import resize
-from compositor.training import photos, readers
+from compositor.training import people, photos, readers
 from compositor.training.synthesis import (
+    KINDS,
     CompositeSynthesizer,
     TrainingBatch,
     band_radius,
@@ -30,6 +32,11 @@ from compositor.training.synthesis import (
 )
 
 log = logging.getLogger(__name__)
+
+EQUAL_KIND_SHARES = tuple(1.0 / len(KINDS) for _ in KINDS)
+TRAIN_PEOPLE_SHARE = 0.7
+"""Share of training foregrounds that are people (where the split has any): what the harmonizer
+serves is portraits, and only a person's colours tell a harmonious input from another tone."""
 
 
 @dataclass
@@ -46,13 +53,12 @@ def build_data(synthetic: bool, data: Path | None, size: int, seed: int, task: s
     if synthetic == (data is not None):
         raise ValueError("give exactly one of --synthetic or --data DIR")
     if synthetic:
-        train, validation = photos.split_groups(photos.synthetic_groups())
-        return _photo_split(train, validation, size, seed, {"data": "synthetic (package-shipped photos)"})
+        splits = photos.split_groups(photos.synthetic_groups())
+        return _photo_split(splits, size, seed, {"data": "synthetic (package-shipped photos)"})
     data = Path(data)
     layout = readers.detect_layout(data)
     if layout == "photos":
-        train, validation = photos.split_groups(photos.folder_groups(data))
-        return _photo_split(train, validation, size, seed, {"data": f"photos in {data}"})
+        return _photo_split(photos.split_groups(photos.folder_groups(data)), size, seed, {"data": f"photos in {data}"})
     if layout == "matting":
         return _matting_split(data, size, seed)
     if task != "harmonization":
@@ -70,9 +76,15 @@ def photo_short_side(size: int) -> int:
     return int(size * 1.25)
 
 
-def photo_synthesizer(groups: list[photos.PhotoGroup], size: int, seed: int, flips: bool) -> CompositeSynthesizer:
-    """Synthesis over photo groups, loaded at ``photo_short_side(size)``."""
-    return CompositeSynthesizer(photos.load_groups(groups, photo_short_side(size)), size, seed=seed, flips=flips)
+def photo_synthesizer(groups: list[photos.PhotoGroup], size: int, seed: int, flips: bool, **options) -> CompositeSynthesizer:
+    """Synthesis over photo groups, loaded at ``photo_short_side(size)``; the groups of people are
+    also foregrounds with their published-MODNet matte. ``options`` go to ``CompositeSynthesizer``."""
+    loaded = photos.load_groups(groups, photo_short_side(size))
+    # People are matted at (up to) MODNet's reference size, then scaled down with their matte.
+    portraits = [readers.load_image(path, short_side=max(512, photo_short_side(size))) for group in groups if group.person
+                 for path in group.paths]
+    cut_outs = people.cut_out(portraits, short_side=photo_short_side(size)) if portraits else None
+    return CompositeSynthesizer(loaded, size, seed=seed, flips=flips, people=cut_outs, **options)
 
 
 def matting_synthesizer(pairs: list[tuple[Path, Path]], size: int, seed: int, flips: bool) -> CompositeSynthesizer:
@@ -82,19 +94,25 @@ def matting_synthesizer(pairs: list[tuple[Path, Path]], size: int, seed: int, fl
     return CompositeSynthesizer([[image] for image in images], size, mattes=[[matte] for matte in mattes], seed=seed, flips=flips)
 
 
-def _photo_split(train, validation, size, seed, description) -> DataSplit:
+def _photo_split(splits: photos.Splits, size, seed, description) -> DataSplit:
+    """Train and validation synthesizers; the test split's groups are named in the description only
+    (``compositor evaluate`` reports on them, training never loads them)."""
     description = {
         **description,
-        "train_groups": [g.name for g in train],
-        "validation_groups": [g.name for g in validation],
+        "train_groups": [g.name for g in splits.train],
+        "validation_groups": [g.name for g in splits.validation],
+        "test_groups": [g.name for g in splits.test],
+        "train_people": [g.name for g in splits.train if g.person],
+        "validation_people": [g.name for g in splits.validation if g.person],
     }
-    log.info("photos: %d train groups, %d validation groups", len(train), len(validation))
-    if len(validation) < 2:
-        # Synthesis draws the original background from a second group of the same split.
-        raise readers.DataError(f"{description['data']}: the validation split has {len(validation)} photo group(s); at least 10 groups in all are needed")
+    log.info("photos: %d train, %d validation, %d test groups", len(splits.train), len(splits.validation), len(splits.test))
+    if len(splits.validation) < 2:
+        # Synthesis draws the background from a second group of the same split.
+        raise readers.DataError(f"{description['data']}: the validation split has {len(splits.validation)} photo group(s); at least 15 groups in all are needed")
     return DataSplit(
-        photo_synthesizer(train, size, seed, flips=True),
-        photo_synthesizer(validation, size, seed + 1, flips=False),
+        photo_synthesizer(splits.train, size, seed, flips=True, people_share=TRAIN_PEOPLE_SHARE),
+        # Validation weighs the three input kinds alike: checkpoints are chosen on all of them.
+        photo_synthesizer(splits.validation, size, seed + 1, flips=False, kind_shares=EQUAL_KIND_SHARES, people_share=0.5),
         description,
     )
 
@@ -102,11 +120,12 @@ def _photo_split(train, validation, size, seed, description) -> DataSplit:
 def _matting_split(data: Path, size: int, seed: int) -> DataSplit:
     pairs = readers.read_matting_set(data)
     groups = [photos.PhotoGroup(image.stem, (image, alpha)) for image, alpha in pairs]
-    train, validation = photos.split_groups(groups)
+    splits = photos.split_groups(groups)
     return DataSplit(
-        matting_synthesizer([g.paths for g in train], size, seed, flips=True),
-        matting_synthesizer([g.paths for g in validation], size, seed + 1, flips=False),
-        {"data": f"matting set in {data}", "train_images": len(train), "validation_images": len(validation)},
+        matting_synthesizer([g.paths for g in splits.train], size, seed, flips=True),
+        matting_synthesizer([g.paths for g in splits.validation], size, seed + 1, flips=False),
+        {"data": f"matting set in {data}", "train_images": len(splits.train), "validation_images": len(splits.validation),
+         "test_images": len(splits.test)},
     )
 
 

@@ -67,3 +67,48 @@ def ssim(output: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | Non
     if weights is None:
         return ssim_map.mean(dim=(1, 2, 3))
     return (ssim_map * weights).sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * channels).clamp(min=1.0)
+
+
+HARMONY_CAP_DB = 40.0
+"""Validation caps each input kind's PSNR here: above it an output is as good as identical, and an
+already harmonious input, copied through unchanged, would otherwise outweigh every other kind."""
+DISHARMONY_LAB = 2.0
+"""Lab units (mean absolute change of the foreground's Lab mean and std) above which an input counts
+as needing a change: the gate's label."""
+
+
+def harmonization_loss(parts: dict[str, torch.Tensor], batch, harmonious_weight: float = 3.0, gate_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """The harmonizer's loss on a ``TrainingBatch``: the paper's L1 plus what the synthesis knows.
+
+    * L1 over the image plus L1 inside the foreground, per sample, with an already harmonious input
+      weighted ``harmonious_weight`` times (harm to it is what a user sees first);
+    * with a tone transform (``parts`` holds its ``mean``, ``std``, ``gate_logit``): L1 of the predicted
+      Lab mean/std of the foreground against the target's (in units of 50 Lab), and a binary
+      cross-entropy teaching the gate whether the input's foreground is off the target's statistics
+      by more than ``DISHARMONY_LAB``.
+    """
+    from compositor.networks.colour import masked_statistics, rgb_to_lab
+    from compositor.training.synthesis import KINDS
+
+    output, target, alpha = parts["harmonized"], batch.target, batch.alpha
+    weights = torch.ones(len(target), device=target.device)
+    if batch.kind is not None:
+        weights = torch.where(batch.kind == KINDS.index("harmonious"), torch.full_like(weights, harmonious_weight), weights)
+    error = (output - target).abs()
+    image = error.mean(dim=(1, 2, 3))
+    foreground = (error * alpha).sum(dim=(1, 2, 3)) / (alpha.sum(dim=(1, 2, 3)) * 3).clamp(min=1.0)
+    l1 = (weights * (image + foreground)).sum() / weights.sum()
+    losses = {"l1": l1}
+    loss = l1
+    if "mean" in parts:
+        statistics_weights = alpha * (alpha >= 0.1).to(alpha.dtype)
+        target_mean, target_std = masked_statistics(rgb_to_lab(batch.foreground), statistics_weights)
+        input_mean, input_std = masked_statistics(rgb_to_lab(batch.shifted_foreground), statistics_weights)
+        statistics = ((parts["mean"] - target_mean).abs() + (parts["std"] - target_std).abs()).mean() / 50.0
+        distance = ((input_mean - target_mean).abs() + (input_std - target_std).abs()).mean(dim=(1, 2, 3)) / 2
+        label = (distance > DISHARMONY_LAB).to(target.dtype)
+        gate = F.binary_cross_entropy_with_logits(parts["gate_logit"].flatten(), label)
+        losses.update(statistics=statistics, gate=gate)
+        loss = loss + statistics + gate_weight * gate
+    losses["loss"] = loss
+    return losses

@@ -30,8 +30,8 @@ from compositor.networks.weights import save_network
 from compositor.training.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint, save_checkpoint
 from compositor.training.data import DataSplit, build_data
 from compositor.training.discriminator import DomainDiscriminator
-from compositor.training.losses import blending_loss, lsgan_loss, psnr
-from compositor.training.synthesis import TrainingBatch, crop_around_band, fixed_batches
+from compositor.training.losses import HARMONY_CAP_DB, blending_loss, harmonization_loss, lsgan_loss, psnr
+from compositor.training.synthesis import KINDS, TrainingBatch, crop_around_band, fixed_batches
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,12 @@ class TrainConfig:
     steps: int = 20000
     minutes: float | None = None
     learning_rate: float | None = None
+    learning_rate_given: bool = dataclasses.field(default=False, init=False)
     adversarial_weight: float = 0.0
     background_cue: str = "complete"
-    image_transfer: bool = True
+    tone_transform: bool = True
+    harmonious_weight: float = 3.0
+    tone_steps: int = 0
     refine_alpha: bool = True
     transfer_learning_rate_multiplier: float = 10.0
     base_channels: int = 16
@@ -76,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         self.out = Path(self.out)
         self.run_dir = Path(self.run_dir) if self.run_dir else self.out.with_suffix(".run")
+        # Whether the learning rate was asked for (a resumed run then takes it) or is the paper's default.
+        self.learning_rate_given = self.learning_rate is not None
         if self.learning_rate is None:
             self.learning_rate = PAPER_LEARNING_RATES[self.task]
         if self.adversarial_weight < 0:
@@ -95,14 +100,14 @@ def build_network(config: TrainConfig) -> nn.Module:
         if config.task == "blending":
             return BlendingUNet(base_channels=config.base_channels, refine_alpha=config.refine_alpha)
         return HarmonizationUNet(
-            base_channels=config.base_channels, image_transfer=config.image_transfer, background_cue=config.background_cue
+            base_channels=config.base_channels, tone_transform=config.tone_transform, background_cue=config.background_cue
         )
 
 
 def parameter_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
-    """Adam parameter groups: the paper's rate for the paper's net; the image-scale colour transfer
-    (a few hundred weights of ours, whose statistics mix has to travel far) a multiple of it."""
-    transfer = getattr(network, "image_transfer", None)
+    """Adam parameter groups: the paper's rate for the paper's net; the tone transform (a small head
+    over global statistics, which sees one sample's worth of signal per image) a multiple of it."""
+    transfer = getattr(network, "tone", None)
     if transfer is None:
         return [{"params": list(network.parameters()), "lr": config.learning_rate}]
     transfer_ids = {id(p) for p in transfer.parameters()}
@@ -133,15 +138,25 @@ def validate(task: str, network: nn.Module, batches: list[TrainingBatch], device
             scores.setdefault("val_band_psnr", []).append(psnr(output, batch.target, batch.band))
             scores.setdefault("val_linear_band_psnr", []).append(psnr(batch.linear_blend(), batch.target, batch.band))
         else:
-            scores.setdefault("val_psnr", []).append(psnr(output, batch.target))
+            values = psnr(output, batch.target)
+            scores.setdefault("val_psnr", []).append(values)
             scores.setdefault("val_foreground_psnr", []).append(psnr(output, batch.target, batch.alpha))
             scores.setdefault("val_copy_paste_psnr", []).append(psnr(batch.harmonization_input, batch.target))
+            if batch.kind is not None:
+                for code, kind in enumerate(KINDS):
+                    scores.setdefault(f"val_psnr_{kind}", []).append(values[batch.kind == code])
     network.train(was_training)
-    return {key: float(torch.cat(values).mean()) for key, values in scores.items()}
+    metrics = {key: float(torch.cat(values).mean()) for key, values in scores.items() if torch.cat(values).numel()}
+    kinds = [metrics[f"val_psnr_{kind}"] for kind in KINDS if f"val_psnr_{kind}" in metrics]
+    if task == "harmonization":
+        # Every input kind counts alike, each capped (HARMONY_CAP_DB): gaining on one kind by harming
+        # another does not pay. Without kinds (iHarmony4) it is the plain PSNR.
+        metrics["val_score"] = float(np.mean([min(k, HARMONY_CAP_DB) for k in kinds])) if kinds else metrics["val_psnr"]
+    return metrics
 
 
 def selection_metric(task: str) -> str:
-    return "val_band_psnr" if task == "blending" else "val_psnr"
+    return "val_band_psnr" if task == "blending" else "val_score"
 
 
 def _git_commit() -> str:
@@ -200,26 +215,50 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             raise CheckpointNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path} (start without --resume, or give the run's --run-dir)")
         info = load_checkpoint(self.checkpoint_path, self.modules, self.optimizers)
-        saved = {k: v for k, v in info["config"].items() if k in ("task", "size", "background_cue", "image_transfer", "refine_alpha", "base_channels")}
+        saved = {k: v for k, v in info["config"].items() if k in ("task", "size", "background_cue", "tone_transform", "refine_alpha", "base_channels")}
         current = {k: v for k, v in self.config.as_json().items() if k in saved}
         if saved != current:
             raise CheckpointError(f"--resume: the checkpoint was made with {saved}, this run asks for {current}")
         self.step, self.elapsed_s, self.best = info["step"], info["elapsed_s"], info["best"]
         self._restore_generators(info["generators"])
+        self._resume_learning_rate()
         log.info("resumed %s at step %d (%.1f min trained)", self.checkpoint_path, self.step, self.elapsed_s / 60)
+
+    def _resume_learning_rate(self) -> None:
+        """A learning rate given with --resume replaces the checkpoint's (each group keeps its multiple);
+        without one the checkpoint's stays. Either way the log says which."""
+        wanted = parameter_groups(self.network, self.config)
+        restored = [group["lr"] for group in self.optimizer.param_groups]
+        if not self.config.learning_rate_given:
+            log.info("resumed with the checkpoint's learning rates %s", restored)
+            return
+        for group, new in zip(self.optimizer.param_groups, wanted):
+            group["lr"] = new["lr"]
+        log.info("learning rates %s -> %s (given with --resume)", restored, [group["lr"] for group in wanted])
 
     # --- one step ------------------------------------------------------------------------------
     def train_step(self, batch: TrainingBatch) -> dict[str, float]:
-        output = run_network(self.config.task, self.network, batch)
+        if self.config.task == "harmonization" and self.step < self.config.tone_steps and self.network.tone is not None:
+            # Warm-up: the tone transform alone, on many more images per second than the U-Net allows.
+            # The U-Net's residual head is still zero, so this is the whole net's output.
+            weights = None if self.network.background_cue == "complete" else 1.0 - batch.alpha
+            background = batch.background if weights is None else batch.background * weights
+            parts = self.network.tone(batch.harmonization_input, batch.alpha, background, weights)
+            output = parts["harmonized"] = parts["composite"].clamp(0.0, 1.0)
+        elif self.config.task == "harmonization":
+            parts = self.network.forward_parts(batch.harmonization_input, batch.alpha, batch.background)
+            output = parts["harmonized"]
+        else:
+            output = run_network(self.config.task, self.network, batch)
         if self.config.task == "blending":
             losses = blending_loss(output, batch.target, batch.band)
         else:
-            l1 = torch.nn.functional.l1_loss(output, batch.target)
-            losses = {"loss": l1, "l1": l1}
+            losses = harmonization_loss(parts, batch, self.config.harmonious_weight)
             if self.discriminator is not None:
                 scores = self.discriminator(output, batch.alpha)
                 adversarial = sum(lsgan_loss(s, real=True) for s in scores)
-                losses = {"loss": l1 + self.config.adversarial_weight * adversarial, "l1": l1, "adversarial": adversarial}
+                losses["adversarial"] = adversarial
+                losses["loss"] = losses["loss"] + self.config.adversarial_weight * adversarial
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.optimizer.step()
@@ -234,8 +273,9 @@ class Trainer:
         return {key: float(value.detach()) for key, value in losses.items()}
 
     def _log_row(self, row: dict) -> None:
-        fields = ["step", "elapsed_s", "images_per_s", "loss", "l1", "band_l1", "adversarial", "discriminator",
-                  "val_band_psnr", "val_linear_band_psnr", "val_psnr", "val_foreground_psnr", "val_copy_paste_psnr"]
+        fields = ["step", "elapsed_s", "images_per_s", "loss", "l1", "band_l1", "statistics", "gate", "adversarial",
+                  "discriminator", "val_band_psnr", "val_linear_band_psnr", "val_score", "val_psnr",
+                  *(f"val_psnr_{kind}" for kind in KINDS), "val_foreground_psnr", "val_copy_paste_psnr"]
         new = not self.log_path.is_file()
         with self.log_path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
