@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from compositor import imaging
 from compositor.export.layout import onnx_file
-from compositor.networks.contract import contract_models
-from compositor.networks.factory import Networks
 from compositor.onnx_runtime import create_session
 from compositor.results import CompositeResult
 from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, Resolution, parse_resolution, run_chain
+
+if TYPE_CHECKING:  # PyTorch is imported by the eager pipeline only: the ONNX Runtime one runs without it
+    from compositor.networks.factory import Networks
 
 
 class Pipeline(ABC):
@@ -88,12 +89,16 @@ class EagerPipeline(Pipeline):
     """
 
     def __init__(self, networks: Networks, resolution: Resolution | str | int | tuple[int, int] = DEFAULT_RESOLUTION):
+        from compositor.networks.contract import contract_models
+
         self.resolution = parse_resolution(resolution)
         self.models = contract_models(networks)
 
-    @torch.inference_mode()
     def run_network(self, name: str, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        outputs = self.models[name](*(torch.from_numpy(x) for x in inputs))
+        import torch
+
+        with torch.inference_mode():
+            outputs = self.models[name](*(torch.from_numpy(x) for x in inputs))
         return tuple(output.numpy() for output in outputs) if isinstance(outputs, tuple) else outputs.numpy()
 
 

@@ -91,11 +91,13 @@ class ServerFactory:
         return out
 
     def start(self, repository: Path, grpc_port: int | None = None, http_port: int | None = None,
-              metrics_port: int | None = None, allow_shared_memory: bool = True, extra_args=()):
+              metrics_port: int | None = None, allow_shared_memory: bool = True, allow_http_inference: bool = True,
+              extra_args=()):
         """A started ``TritonServer`` (free ports unless given), stopped at the end of the session.
 
-        Shared memory is allowed by default here (``TritonServer`` refuses it by default), since
-        the client's shared-memory tests use these servers. ``extra_args`` go to ``tritonserver``.
+        Shared memory and HTTP inference are allowed by default here (``TritonServer`` refuses both
+        by default), since the client's shared-memory and HTTP tests use these servers; the tests of
+        the defaults ask for them off. ``extra_args`` go to ``tritonserver``.
         """
         from compositor.serving.server import TritonServer, free_port
 
@@ -106,6 +108,7 @@ class ServerFactory:
             metrics_port=metrics_port or free_port(),
             log_path=self._tmp.mktemp("log") / "tritonserver.log",
             allow_shared_memory=allow_shared_memory,
+            allow_http_inference=allow_http_inference,
             extra_args=extra_args,
         )
         self.started.append(server)

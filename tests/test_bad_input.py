@@ -12,9 +12,10 @@ and peak memory is printed (``pytest -s``) and written to ``bad_input.json`` in 
 The default, validating client refuses the same frames itself, before any request goes out.
 
 One weakness is Triton's own: its HTTP/JSON front end allocates the shape a request declares before
-reading the data, so a few bytes declaring exabytes end the server (a strict xfail records it); the
-containment measured here is an option, ``--http-restricted-api=inference:<header>=<key>``, which
-refuses a caller without the key before the body is parsed. gRPC and the HTTP binary extension
+reading the data, so a few bytes declaring exabytes end the server (a strict xfail records it, on a server
+that lets the caller in); the containment, ``--http-restricted-api=inference:<header>=<key>``,
+refuses a caller without the key before the body is parsed, and is ``compositor serve``'s default
+(``--allow-http-inference`` lifts it). gRPC and the HTTP binary extension
 compare the declared size with the bytes carried first and are not affected.
 
 The CLI cases (files that are not images, truncated PNG/JPEG, a video with no frames) check that
@@ -392,10 +393,20 @@ def test_with_http_inference_restricted_a_json_request_declaring_exabytes_withou
     assert server.is_running() and is_ready(server)
 
 
+def test_the_http_client_refused_inference_says_how_to_open_it(restricted_server):
+    """What a user of ``--protocol http`` meets on a server with HTTP inference closed (``compositor serve``'s default)."""
+    server, _ = restricted_server
+    with CompositorClient(server.http_url, protocol="http") as client:
+        with pytest.raises(ClientError, match=r"refuses inference over HTTP .*use gRPC.*--allow-http-inference"):
+            client.composite(SOURCE, BACKGROUND)
+    assert server.is_running() and is_ready(server)
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="Triton 2.51's HTTP/JSON parser allocates the declared shape before reading the data: a "
-                          "declared 3 EiB input ends the server; contained by not exposing HTTP to untrusted callers")
+                          "declared 3 EiB input ends the server; contained by default (compositor serve refuses HTTP "
+                          "inference unless --allow-http-inference)")
 def test_an_http_json_request_declaring_exabytes_leaves_the_server_running(restricted_server):
     server, key = restricted_server
     regions = [Path("/dev/shm") / argv[2] for _, argv in stub_command_lines(server.pid)]

@@ -49,6 +49,16 @@ def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     return result, json.loads(out.read_text())
 
 
+def test_untrained_benchmarks_seeded_networks_and_the_default_the_trained_files(dry_run, tmp_path):
+    _, report = dry_run
+    assert "blending" not in report["settings"]["weights"]["untrained"]  # weights/blending.safetensors
+    assert "harmonization" not in report["settings"]["weights"]["untrained"]
+    out = tmp_path / "untrained.json"
+    result = run_cli(*DRY_RUN, "--untrained", "--modes", "eager_fp32", "--workloads", "blending", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["settings"]["weights"]["untrained"] == ["matting", "blending", "harmonization"]
+
+
 def test_dry_run_writes_one_row_per_mode_and_workload_with_perf_analyzer_fields(dry_run):
     _, report = dry_run
 

@@ -167,3 +167,23 @@ def test_a_given_matte_skips_matting_and_reaches_both_later_networks():
 def test_a_network_returning_a_different_number_of_outputs_than_the_chain_declares_is_an_error():
     with pytest.raises(ValueError, match=r"blending returned 1 outputs, the chain expects \('blended', 'refined_alpha'\)"):
         spec.run_chain(lambda name, *inputs: "one", {"source": "S", "background": "B", "alpha": "A"})
+
+
+def test_the_onnx_runtime_pipeline_runs_without_importing_pytorch(small_export):
+    """Serving-side users (and the ONNX Runtime benchmark) need no PyTorch; it takes seconds to import.
+    Its output is the eager pipeline's on the same export (compared in test_export); here: it runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, skimage.data\n"
+        "from compositor import imaging\n"
+        "from compositor.pipeline import OnnxRuntimePipeline\n"
+        f"pipeline = OnnxRuntimePipeline({str(small_export.directory)!r}, {str(small_export.resolution)!r})\n"
+        "result = pipeline(imaging.resize(skimage.data.astronaut(), (48, 40)), skimage.data.coffee())\n"
+        "assert result.harmonized.shape == (48, 40, 3) and result.harmonized.dtype == np.uint8\n"
+        "print('torch' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "False"

@@ -133,7 +133,7 @@ def test_allow_shared_memory_opens_only_the_shared_memory_api_and_the_secret_is_
         assert http(server, "GET", "/v2/trace/setting")[0] == 403
         assert http(server, "GET", "/v2/logging")[0] == 403
         restriction = [a for a in psutil.Process(server.pid).cmdline() if a.startswith("--http-restricted-api=")]
-        assert len(restriction) == 1 and restriction[0].startswith("--http-restricted-api=trace,logging:")
+        assert len(restriction) == 1 and restriction[0].startswith("--http-restricted-api=trace,logging,inference:")
         secret = restriction[0].rsplit("=", 1)[1]
         assert len(secret) >= 32
     finally:
@@ -149,6 +149,49 @@ def test_the_serve_command_refuses_shared_memory_unless_asked():
     parser = build_parser()
     assert parser.parse_args(["serve", "--repository", "r"]).allow_shared_memory is False
     assert parser.parse_args(["serve", "--repository", "r", "--allow-shared-memory"]).allow_shared_memory is True
+    assert parser.parse_args(["serve", "--repository", "r"]).allow_http_inference is False
+    assert parser.parse_args(["serve", "--repository", "r", "--allow-http-inference"]).allow_http_inference is True
+
+
+IDENTITY_REQUEST = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "FP32", "data": [0.5, -2.0, 3.25]}]}
+
+
+@pytest.mark.triton
+def test_inference_over_http_is_refused_by_default_and_grpc_health_and_metadata_stay_open(default_server):
+    """Triton's HTTP/JSON front end allocates what a request declares (``HTTP_RESTRICTED_APIS``):
+    refused before the body is parsed, while gRPC inference and HTTP health and metadata answer."""
+    import tritonclient.grpc as grpcclient
+
+    status, body = http(default_server, "POST", "/v2/models/identity/infer", IDENTITY_REQUEST)
+    assert status == 403 and "This API is restricted" in body, (status, body)
+    assert http(default_server, "GET", "/v2/health/ready")[0] == 200
+    assert http(default_server, "GET", "/v2/models/identity")[0] == 200
+    client = grpcclient.InferenceServerClient(default_server.grpc_url)
+    data = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    infer_input = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    infer_input.set_data_from_numpy(data)
+    np.testing.assert_array_equal(client.infer("identity", [infer_input]).as_numpy("OUTPUT0"), data)
+    grpc_restriction = [a for a in psutil_cmdline(default_server) if a.startswith("--grpc-restricted-protocol=")]
+    assert len(grpc_restriction) == 1 and "inference" not in grpc_restriction[0].split(":")[0]
+
+
+@pytest.mark.triton
+def test_allow_http_inference_opens_inference_over_http_only(repository):
+    server = start_server(repository, allow_http_inference=True)
+    try:
+        status, body = http(server, "POST", "/v2/models/identity/infer", IDENTITY_REQUEST)
+        assert status == 200, body
+        assert json.loads(body)["outputs"][0]["data"] == [0.5, -2.0, 3.25]
+        assert http(server, "GET", "/v2/systemsharedmemory/status")[0] == 403
+        assert http(server, "GET", "/v2/trace/setting")[0] == 403
+    finally:
+        server.stop()
+
+
+def psutil_cmdline(server: TritonServer) -> list[str]:
+    import psutil
+
+    return psutil.Process(server.pid).cmdline()
 
 
 # --- what the code never does ------------------------------------------------------------------

@@ -51,7 +51,7 @@ def identity_server(tmp_path_factory):
     repository = write_identity_repository(tmp_path_factory.mktemp("repository"))
     (repository / "identity_twice" / "1").mkdir(parents=True)
     (repository / "identity_twice" / "config.pbtxt").write_text(ENSEMBLE_CONFIG)
-    with TritonServer(repository, **free_ports()) as server:
+    with TritonServer(repository, **free_ports(), allow_http_inference=True) as server:  # test_an_inference_over_http_...
         yield server
 
 

@@ -90,7 +90,7 @@ def server(tmp_path_factory):
     write_model(repository, "stage_ensemble", ENSEMBLE_CONFIG)
     write_out_of_range_gather(write_model(repository, "network", NETWORK_CONFIG, NETWORK_MODEL) / "model.onnx")
     log_path = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    with TritonServer(repository, **free_ports(), log_path=log_path) as server:
+    with TritonServer(repository, **free_ports(), log_path=log_path, allow_http_inference=True) as server:  # its HTTP tests
         yield server
 
 

@@ -70,7 +70,7 @@ def server(onnx_dir, tmp_path_factory):
     repository = tmp_path_factory.mktemp("repository")
     generate_repository(repository, RepositoryOptions(resolution=RESOLUTION, max_queue_delay_us=MAX_QUEUE_DELAY_US), export_dir=onnx_dir)
     log_path = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    with TritonServer(repository, **free_ports(), log_path=log_path) as server:
+    with TritonServer(repository, **free_ports(), log_path=log_path, allow_http_inference=True) as server:  # its HTTP tests
         yield server
 
 

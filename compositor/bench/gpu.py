@@ -67,6 +67,8 @@ class GpuBenchSettings:
     compile_backend: str = "inductor"
     budget_s: float = DEFAULT_BUDGET_S
     checkpoints: dict[str, str | None] = field(default_factory=dict)
+    trained_defaults: bool = True
+    """False (``--untrained``): seeded initialisations where no checkpoint is given, not weights/."""
 
     def __post_init__(self) -> None:
         self.resolution = spec.parse_resolution(self.resolution)
@@ -76,7 +78,8 @@ class GpuBenchSettings:
 
 
 def _load(settings: GpuBenchSettings) -> Networks:
-    return load_networks(*(settings.checkpoints.get(f"{k}_checkpoint") for k in ("modnet", "blending", "harmonization")))
+    checkpoints = (settings.checkpoints.get(f"{k}_checkpoint") for k in ("modnet", "blending", "harmonization"))
+    return load_networks(*checkpoints, trained_defaults=settings.trained_defaults)
 
 
 class _Clock:

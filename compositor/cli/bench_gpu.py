@@ -101,6 +101,7 @@ def run(args) -> int:
             "blending_checkpoint": args.blending_checkpoint,
             "harmonization_checkpoint": args.harmonization_checkpoint,
         },
+        trained_defaults=not args.untrained,
     )
     report = run_gpu_benchmark(settings, out=args.out)
     print(gpu_table(report))

@@ -26,6 +26,7 @@ With --url, --source may also be:
 Example:
   compositor composite --local --source portrait.jpg --background beach.jpg --out out/
   compositor composite --url localhost:8001 --source portrait.jpg --background beach.jpg --out out/
+  # over HTTP: only a server started with --allow-http-inference accepts it
   compositor composite --url localhost:8000 --protocol http --source portrait.jpg --background beach.jpg \\
       --alpha matte.png --out out/
   compositor composite --local --source portrait.jpg --background beach.jpg --alpha matte.png \\

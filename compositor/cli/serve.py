@@ -3,7 +3,10 @@
 Binds 127.0.0.1 unless --host says otherwise, waits until every model is ready, then prints the
 gRPC and HTTP addresses. The shared-memory, trace and logging APIs are refused (HTTP 403; over
 gRPC "This protocol is restricted"); --allow-shared-memory opens the shared-memory API for clients
-that pass frames through /dev/shm (only for trusted clients on this machine). If this command is
+that pass frames through /dev/shm (only for trusted clients on this machine). Inference over HTTP
+is refused too (HTTP 403), because Triton's HTTP/JSON front end allocates whatever size a request
+declares before reading it, so one request can end the server; use gRPC, or open it with
+--allow-http-inference for trusted callers only. HTTP health, metadata and metrics stay open. If this command is
 killed, even with SIGKILL, Triton stops with it. A busy port, a missing repository or a model that
 fails to load ends the command within seconds with the reason (the tail of the server log).
 Ctrl-C or SIGTERM stops the server cleanly (exit code 0). The server log (Triton's and the models'
@@ -93,6 +96,12 @@ def register(subparsers) -> None:
         "server map any of its own /dev/shm regions)",
     )
     parser.add_argument(
+        "--allow-http-inference",
+        action="store_true",
+        help="accept inference over HTTP/JSON too (off by default: Triton allocates the sizes a JSON "
+        "request declares before checking them, so one request can end the server; trusted callers only)",
+    )
+    parser.add_argument(
         "--print-log",
         action="store_true",
         help="also copy the server log to stdout as it grows (within 2 s), for containers: docker logs "
@@ -161,6 +170,7 @@ def _server_options(args) -> dict:
         "log_path": args.log_file,
         "extra_args": args.triton_arg,
         "allow_shared_memory": args.allow_shared_memory,
+        "allow_http_inference": args.allow_http_inference,
         "triton_root": args.triton_root,
     }
 

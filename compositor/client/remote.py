@@ -463,6 +463,12 @@ class CompositorClient:
                 failure = ClientError(f"{where} failed on the server's side (its log has the traceback): {_reason(error)}")
             elif status in ("StatusCode.UNAVAILABLE", "503"):  # the server said so itself: stopping, not ready
                 failure = ServerUnavailableError(f"{where} is unavailable: {_reason(error)}")
+            elif status == "403" and request and "restricted" in str(error):
+                failure = ClientError(
+                    f"{where} refuses inference over HTTP ({_reason(error)}): `compositor serve` does by default, since "
+                    "one HTTP/JSON request can end Triton; use gRPC (--protocol grpc, the server's gRPC port), or start "
+                    "the server with --allow-http-inference if every caller is trusted"
+                )
             else:
                 action = "rejected the request" if request else "answered with an error"
                 failure = ClientError(f"{where} {action}: {_reason(error)}")

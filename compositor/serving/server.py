@@ -59,6 +59,15 @@ Python-backend stubs' regions included); trace and logging change what the serve
 ``model-repository`` stays open: clients read its index to find the ensembles, and load/unload
 are refused anyway with ``--model-control-mode=none``.
 """
+HTTP_RESTRICTED_APIS = ("inference",)
+"""Triton APIs restricted on HTTP only, unless ``allow_http_inference``.
+
+Triton 2.51's KServe HTTP/JSON front end allocates what a request's JSON *declares* before it reads
+the data: one request declaring a 3 EiB input ends the server, one declaring 8x8192x8192x3 takes it
+to 2 GB. The restriction is checked before the body is parsed, so a refused request allocates
+nothing. gRPC inference (which checks sizes against the message it received) stays open, and so do
+HTTP health, metadata and metrics, which the probes and dashboards use.
+"""
 RESTRICTED_API_HEADER = "compositor-admin-key"
 """Header Triton expects on restricted APIs; its value is a random secret made per start and never
 shown, so in effect the APIs are off (it is visible only in the server's own command line)."""
@@ -99,7 +108,8 @@ class TritonServer:
     * ``--http-restricted-api/--grpc-restricted-protocol``: the ``RESTRICTED_APIS`` (shared
       memory, trace, logging) answer HTTP 403 / gRPC UNAVAILABLE ("... is restricted, expecting
       header ...") unless ``allow_shared_memory`` lifts the restriction on shared memory (which
-      ``compositor.client.shared_memory`` needs).
+      ``compositor.client.shared_memory`` needs); on HTTP also inference (``HTTP_RESTRICTED_APIS``),
+      unless ``allow_http_inference``.
 
     The process runs in its own session (process group), so a Ctrl-C in the terminal reaches only
     our process, which then stops the server in order; ``stop`` kills the whole group last, the
@@ -119,6 +129,8 @@ class TritonServer:
         extra_args: more ``tritonserver`` arguments, appended last (so they can override ours).
         allow_shared_memory: let clients register system shared memory (off by default: any
             client that can reach the port could make the server map its own regions).
+        allow_http_inference: accept inference over KServe HTTP/JSON too (off by default: one
+            request can declare an input large enough to end the server, ``HTTP_RESTRICTED_APIS``).
         triton_root: an installed Triton to run instead of the wheel's, e.g. ``/opt/tritonserver``
             in NVIDIA's container (``installation.find_installed_triton``).
     """
@@ -134,6 +146,7 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         allow_shared_memory: bool = False,
         triton_root: Path | None = None,
+        allow_http_inference: bool = False,
     ) -> None:
         self.repository = Path(repository)
         self.triton_root = Path(triton_root) if triton_root is not None else None
@@ -143,6 +156,7 @@ class TritonServer:
         self.metrics_port = metrics_port
         self.extra_args = tuple(extra_args)
         self.allow_shared_memory = allow_shared_memory
+        self.allow_http_inference = allow_http_inference
         self._requested_log_path = Path(log_path) if log_path is not None else None
         self._process: subprocess.Popen | None = None
         self._workdir: Path | None = None
@@ -387,9 +401,10 @@ class TritonServer:
 
     def _restriction_args(self) -> list[str]:
         apis = [api for api in RESTRICTED_APIS if not (api == "shared-memory" and self.allow_shared_memory)]
+        http_apis = apis + ([] if self.allow_http_inference else list(HTTP_RESTRICTED_APIS))
         # A fresh secret per start that no client is told: the restricted APIs are off in effect.
-        restriction = f"{','.join(apis)}:{RESTRICTED_API_HEADER}={secrets.token_hex(32)}"
-        return [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
+        secret = f"{RESTRICTED_API_HEADER}={secrets.token_hex(32)}"
+        return [f"--http-restricted-api={','.join(http_apis)}:{secret}", f"--grpc-restricted-protocol={','.join(apis)}:{secret}"]
 
     def _wait_until_ready(self, deadline: float, timeout_s: float) -> None:
         assert self._process is not None

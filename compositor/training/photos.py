@@ -141,13 +141,12 @@ def debian_groups(info: Path | None = None) -> list[PhotoGroup]:
 
 def synthetic_groups(info: Path | None = None) -> list[PhotoGroup]:
     """Every photo group training may use. Raises ``DataError`` naming what is missing."""
-    groups = package_photo_groups()
     debian = debian_groups(info)
     found = {g.name.split("/")[0] for g in debian}
     missing = [name for name in DEBIAN_PACKAGES if name not in found]
     if missing:
         raise DataError(f"--synthetic needs Debian's {', '.join(missing)} (run scripts/setup-training.sh)")
-    return groups + debian
+    return package_photo_groups() + debian
 
 
 def folder_groups(root: Path) -> list[PhotoGroup]:
