@@ -29,6 +29,18 @@ from compositor.spec import Resolution, aspect_buckets
 # A folder of this session's own: nothing a test (or another checkout's suite) writes can appear there.
 os.environ[MODNET_WEIGHTS_VARIABLE] = str(Path(tempfile.mkdtemp(prefix="compositor-tests-")) / "no-published-modnet.safetensors")
 
+# --- Tiers ---------------------------------------------------------------------------------------
+# `scripts/test.sh --quick` runs `-m "not triton and not slow"`: unit tests, no server, no export of
+# whole networks, no command run in a subprocess. A test is `slow` when marked so, or when it needs
+# one of these fixtures (each exports networks or starts servers once per session or module).
+SLOW_FIXTURES = {"small_export", "triton_servers", "exported", "dry_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 SMALL_RESOLUTION = aspect_buckets(64)
 """Network resolution of the servers tests start: aspect buckets like the default's, fast on a 2-core CPU."""
 

@@ -24,6 +24,8 @@ from compositor.export import tensorrt
 from compositor.networks.contract import contract_models
 from compositor.networks.factory import load_networks
 
+pytestmark = pytest.mark.slow  # each test runs the benchmark (most in a subprocess)
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 OUTPUTS = {"matting": {"alpha"}, "blending": {"blended", "refined_alpha"}, "harmonization": {"harmonized"},
            "chain": {"alpha", "blended", "refined_alpha", "harmonized"}}

@@ -24,6 +24,7 @@ def photos(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_composite_local_writes_the_outputs_at_the_source_size_and_says_modnet_has_no_weights(photos, tmp_path):
     out = tmp_path / "out"
     run = subprocess.run(
@@ -89,6 +90,7 @@ def test_a_resolution_that_is_not_a_multiple_of_32_is_refused(photos, tmp_path, 
     assert "multiple of 32" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_info_prints_parameters_and_flops_per_network(capsys):
     assert main(["info"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -121,6 +121,7 @@ def test_fp32_onnx_batch_is_dynamic_from_1_to_beyond_the_traced_batch(exported, 
         assert np.abs(actual - expected).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_nontrivial_blending_and_harmonization_match_eager_in_fp32_and_fp16(tmp_path, nontrivial_networks):
     models = contract_models(nontrivial_networks)
     feeds = parity.parity_feeds(models, RESOLUTION)
@@ -181,6 +182,7 @@ def test_an_exported_blending_net_with_matte_correction_matches_eager_at_every_b
         assert np.abs(expected["refined_alpha"] - feeds["alpha"]).max() > 0.01, "the correction must act"
 
 
+@pytest.mark.slow
 def test_the_shipped_trained_weights_export_with_fp32_parity_and_pass_fp16_on_the_first_rung(tmp_path):
     # The first real FP16 check of these two nets: their trained residual heads (and the
     # harmonizer's gated tone transform) are not zero.
@@ -202,6 +204,7 @@ def test_the_shipped_trained_weights_export_with_fp32_parity_and_pass_fp16_on_th
     assert "tone" in fp16.precision_ladder(models["harmonization"])[0].fp32_scopes
 
 
+@pytest.mark.slow
 def test_matting_exported_from_the_modnet_fixture_reproduces_its_matte(tmp_path):
     io_pair = torch.load(FIXTURE_DIR / "modnet_official_format_random_io.pt", map_location="cpu", weights_only=True)
     resolution = tuple(io_pair["input"].shape[-2:])
@@ -381,6 +384,7 @@ def test_naive_fp16_statistics_overflow_where_the_kept_fp32_statistics_stay_fini
         check_fp16_headroom(fp32_model, fp16.NAIVE_POLICY, [feeds])
 
 
+@pytest.mark.slow
 def test_headroom_check_rejects_naive_fp16_for_a_full_frame_portrait_mask(tmp_path, default_networks):
     """At 256x384 a full-frame mask sums to 98304, beyond FP16: the AdaIN mask area itself overflows."""
     from compositor.export.headroom import check_fp16_headroom
@@ -469,6 +473,7 @@ def test_profile_matches_the_triton_config_the_repository_generates(exported):
         }
 
 
+@pytest.mark.slow
 def test_the_export_package_does_not_import_the_serving_package():
     code = "import sys, compositor.export.pipeline; print(sorted(m for m in sys.modules if m.startswith('compositor.serving')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -514,6 +519,7 @@ def test_report_carries_shapes_profiles_and_the_commands_to_build_and_check_engi
     assert report["seconds"]["total"] > 0
 
 
+@pytest.mark.slow
 def test_a_failing_check_leaves_no_model_file_and_no_report(tmp_path, default_networks, monkeypatch):
     # Outputs of an earlier export that this one would contradict go first.
     (tmp_path / "export_report.json").write_text("{}")

@@ -102,6 +102,7 @@ def test_export_help_shows_an_example(capsys):
         assert option in text
 
 
+@pytest.mark.slow
 def test_engines_without_tensorrt_export_the_onnx_models_print_trtexec_lines_and_exit_3(tmp_path, capsys, without_tensorrt):
     out = tmp_path / "export"
 

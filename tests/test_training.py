@@ -543,6 +543,7 @@ def compositor(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "compositor", *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_train_resume_and_evaluate_from_the_command_line_on_a_folder_of_photos(tmp_path, photo_folder):
     common = ["--data", photo_folder, "--size", SIZE, "--batch-size", 2, "--validate-every", 2, "--validation-samples", 2,
               "--base-channels", 8, "--no-progress"]
