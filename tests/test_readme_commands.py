@@ -180,3 +180,30 @@ def test_a_real_triton_server_aimed_at_with_the_wrong_port_or_model_gets_the_rig
         with CompositorClient(f"127.0.0.1:{ports[protocol]}", protocol=protocol, model="no_such_model") as client:
             with pytest.raises(ModelNotReadyError, match=r"model 'no_such_model' is not on .* \(models there: .*composite READY"):
                 client.check_ready()
+
+
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.mark.triton
+def test_the_readme_python_blocks_run_against_a_real_server(small_server, tmp_path, monkeypatch):
+    """Each block as written, with only the addresses pointed at the test server (the second block's
+    two hosts become this one, by address and by name) and the photos it names written first."""
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    from compositor.imaging import write_image
+
+    portrait, beach = skimage.data.astronaut()[::4, ::4], skimage.data.coffee()[::4, ::4]
+    write_image(tmp_path / "portrait.jpg", portrait)
+    write_image(tmp_path / "beach.jpg", beach)
+    url = small_server.grpc_url
+    for block in blocks:
+        code = block.replace("host1:8001,host2:8001", f"{url},{url.replace('127.0.0.1', 'localhost')}").replace("127.0.0.1:8001", url)
+        namespace = {"jobs": [("a", portrait, beach), ("b", portrait[:, :96], beach)]}
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+        if "out" in namespace:
+            assert namespace["out"]["harmonized"].shape == portrait.shape
+        if "outcome" in namespace:
+            assert namespace["outcome"].key == "b" and namespace["outcome"].error is None
