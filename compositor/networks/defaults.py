@@ -17,9 +17,14 @@ TRAINED_NETWORKS = ("blending", "harmonization")
 
 
 def weights_dir() -> Path:
-    """``$COMPOSITOR_WEIGHTS_DIR``, else the repository's ``weights/`` next to the package."""
+    """``$COMPOSITOR_WEIGHTS_DIR``, else the package's ``weights`` folder.
+
+    In a checkout (and an editable install) ``compositor/weights`` is a link to the repository's
+    ``weights/``; a wheel carries the trained files there as package data (``pyproject.toml``), so
+    an installed package finds them wherever it lives.
+    """
     configured = os.environ.get(WEIGHTS_DIR_VARIABLE)
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "weights"
+    return Path(configured) if configured else Path(__file__).resolve().parents[1] / "weights"
 
 
 def default_weights(name: str) -> Path:
