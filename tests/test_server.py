@@ -372,3 +372,30 @@ def test_a_server_started_from_a_worker_thread_outlives_the_thread(tmp_path):
         assert httpclient.InferenceServerClient(server.http_url).is_server_ready()
     finally:
         server.stop()
+
+
+def test_stale_stub_regions_are_swept_and_live_young_or_foreign_ones_kept(tmp_path):
+    """Regions a killed server left behind go; one a live process maps, one just made, and names
+    that are not a stub's stay (the real /dev/shm, with names of this test's own)."""
+    import mmap
+    import uuid
+
+    from compositor.serving.processes import SHM_DIR, STUB_REGION_PREFIX, sweep_stale_stub_regions
+
+    tag = uuid.uuid4().hex[:8]
+    old = time.time() - 3600
+    stale, mapped, young = (SHM_DIR / f"{STUB_REGION_PREFIX}test-{tag}-{kind}" for kind in ("stale", "mapped", "young"))
+    other = SHM_DIR / f"not-a-stub-{tag}"
+    for path in (stale, mapped, young, other):
+        path.write_bytes(b"\0" * 4096)
+    for path in (stale, mapped, other):
+        os.utime(path, (old, old))
+    try:
+        with open(mapped, "r+b") as handle, mmap.mmap(handle.fileno(), 4096):
+            swept = sweep_stale_stub_regions()
+            assert stale.name in swept and not stale.exists()
+            assert mapped.exists() and young.exists() and other.exists()
+            assert not {mapped.name, young.name} & set(swept)
+    finally:
+        for path in (stale, mapped, young, other):
+            path.unlink(missing_ok=True)

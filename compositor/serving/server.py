@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
 import os
 import secrets
@@ -22,18 +21,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-import psutil
-
 from compositor.errors import CompositorError
+from compositor.serving import processes
 from compositor.serving.installation import TritonInstallation, find_installed_triton, find_triton
 from compositor.serving.server_log import LogReader, diagnose_log, log_tail, new_log_path
 
@@ -49,7 +45,6 @@ DEFAULT_STOP_TIMEOUT_S = 40.0
 """Longer than Triton's own 30 s drain of in-flight requests (``--exit-timeout-secs``) plus unloading."""
 
 _POLL_INTERVAL_S = 0.1
-_MIN_SHM_BYTES = 256 * 2**20
 
 RESTRICTED_APIS = ("shared-memory", "trace", "logging")
 """Triton APIs (both protocols) that answer only requests carrying ``RESTRICTED_API_HEADER``.
@@ -71,7 +66,6 @@ HTTP health, metadata and metrics, which the probes and dashboards use.
 RESTRICTED_API_HEADER = "compositor-admin-key"
 """Header Triton expects on restricted APIs; its value is a random secret made per start and never
 shown, so in effect the APIs are off (it is visible only in the server's own command line)."""
-_PR_SET_PDEATHSIG = 1
 
 
 class ServerStartError(CompositorError, RuntimeError):
@@ -232,7 +226,8 @@ class TritonServer:
         _check_repository(self.repository)
         _check_ports_free(self.host, self._ports())
         installation = find_triton() if self.triton_root is None else find_installed_triton(self.triton_root)
-        _warn_if_small_shm()
+        processes.warn_if_small_shm()
+        processes.sweep_stale_stub_regions()
 
         self._workdir = Path(tempfile.mkdtemp(prefix="compositor-triton-"))
         backend_dir = installation.build_backend_directory(self._workdir / "backends")
@@ -254,7 +249,7 @@ class TritonServer:
                     stderr=subprocess.STDOUT,
                     env=installation.environment(),
                     start_new_session=True,
-                    preexec_fn=_die_with_parent_function(),
+                    preexec_fn=processes.die_with_parent_function(),
                 )
         except OSError as error:
             shutil.rmtree(self._workdir, ignore_errors=True)
@@ -282,7 +277,7 @@ class TritonServer:
         LOGGER.info(
             "Triton ready in %.1f s: gRPC %s, HTTP %s", time.monotonic() - started, self.grpc_url, self.http_url
         )
-        self._model_processes = {pid: _model_of(argv) for pid, argv in _stub_processes(self._process.pid)}
+        self._model_processes = {pid: processes.model_of(argv) for pid, argv in processes.stub_processes(self._process.pid)}
         return self
 
     def dead_model_processes(self) -> list[str]:
@@ -295,7 +290,7 @@ class TritonServer:
         """
         if not self.is_running() or self._stop_requested:  # stopping: its stubs exit first
             return []
-        return sorted({model for pid, model in self._model_processes.items() if not _process_alive(pid)})
+        return sorted({model for pid, model in self._model_processes.items() if not processes.process_alive(pid)})
 
     def request_stop(self) -> None:
         """Ask the server to stop, without waiting: safe to call from a signal handler.
@@ -306,7 +301,7 @@ class TritonServer:
         """
         self._stop_requested = True
         if self.is_running():
-            _send(self._process.pid, signal.SIGINT)
+            processes.send_signal(self._process.pid, signal.SIGINT)
 
     def wait(self, timeout_s: float | None = None) -> int:
         """Block until the server exits; returns its exit code.
@@ -335,22 +330,22 @@ class TritonServer:
         atexit.unregister(self._stop_at_exit)
         if process.poll() is None:
             LOGGER.info("stopping Triton (pid %d)", process.pid)
-            shm_regions = _stub_shm_regions(process.pid)  # now, while the stubs are there to ask
+            shm_regions = processes.stub_shm_regions(process.pid)  # now, while the stubs are there to ask
             for sig, grace_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, min(timeout_s, 5.0))):
-                _send(process.pid, sig)
+                processes.send_signal(process.pid, sig)
                 try:
                     process.wait(timeout=grace_s)
                     break
                 except subprocess.TimeoutExpired:
                     LOGGER.warning("Triton still running %g s after %s", grace_s, sig.name)
             else:
-                _kill_group(process.pid)
+                processes.kill_group(process.pid)
                 process.wait()
                 # Killed processes cannot unlink their shared memory; a few runs would fill /dev/shm.
                 for region in shm_regions:
                     region.unlink(missing_ok=True)
         # Stubs normally exit with the server; any that did not go now.
-        _kill_group(process.pid)
+        processes.kill_group(process.pid)
         LOGGER.info("Triton exited with code %s; its log is kept in %s", process.returncode, self._log_path)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
@@ -472,21 +467,6 @@ def _check_ports_free(host: str, ports: dict[int, str]) -> None:
                 raise ServerStartError(message) from None
 
 
-def _warn_if_small_shm() -> None:
-    # The Python backend moves every tensor through a /dev/shm region per model instance; Docker's
-    # default 64 MiB runs out with a few instances and large frames.
-    try:
-        free = shutil.disk_usage("/dev/shm").free
-    except OSError:
-        return
-    if free < _MIN_SHM_BYTES:
-        LOGGER.warning(
-            "/dev/shm has only %d MiB free; the Python backend may fail to allocate shared memory "
-            "(in Docker use --shm-size=1g or --ipc=host)",
-            free // 2**20,
-        )
-
-
 def _connect_host(host: str) -> str:
     # Clients cannot connect to a wildcard address; use the loopback of the same family.
     return {"0.0.0.0": LOOPBACK, "": LOOPBACK, "::": "::1"}.get(host, host)
@@ -504,81 +484,7 @@ def _is_ready(opener: urllib.request.OpenerDirector, url: str) -> bool:
         return False
 
 
-def _stub_processes(pgid: int) -> list[tuple[int, list[str]]]:
-    """``(pid, argv)`` of the Python-backend stubs in process group ``pgid``.
-
-    A stub's command line is ``triton_python_backend_stub MODEL.py SHM_REGION_NAME ...``. The
-    process group, not the process tree, finds stubs whose server has already died.
-    """
-    stubs = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if os.getpgid(process.pid) != pgid:
-                continue
-        except OSError:
-            continue
-        argv = process.info["cmdline"] or []
-        if len(argv) > 2 and argv[0].endswith("triton_python_backend_stub"):
-            stubs.append((process.pid, argv))
-    return stubs
-
-
-def _stub_shm_regions(pgid: int) -> list[Path]:
-    """The ``/dev/shm`` regions of the Python-backend stubs in process group ``pgid``."""
-    return [Path("/dev/shm") / argv[2] for _, argv in _stub_processes(pgid)]
-
-
-def _model_of(argv: list[str]) -> str:
-    """The model a stub serves: ``.../<model>/<version>/model.py`` -> ``<model>``."""
-    return Path(argv[1]).parent.parent.name
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie (a dead child its parent has not reaped)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _redact_secrets(argv: Sequence[str]) -> list[str]:
     """``argv`` with the restricted-API secret masked, for the log."""
     marker = f"{RESTRICTED_API_HEADER}="
     return [arg.split(marker)[0] + marker + "<secret>" if marker in arg else arg for arg in argv]
-
-
-def _die_with_parent_function():
-    """A ``preexec_fn`` that makes the child get SIGTERM when this thread dies, or ``None``.
-
-    ``None`` off Linux and off the main thread (PR_SET_PDEATHSIG fires when the *thread* that
-    forked exits). Everything the child calls is prepared here, before the fork.
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    sigterm = int(signal.SIGTERM)
-
-    def die_with_parent() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: no signal will come
-            os._exit(1)
-
-    return die_with_parent
-
-
-def _send(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
