@@ -60,7 +60,7 @@ python - "$out" <<'EOF'
 import json, sys
 from pathlib import Path
 from compositor.bench.report import scaling_table
-from compositor.files import write_text
+from compositor.atomic_files import write_text
 
 out = Path(sys.argv[1])
 runs = [("1 replica x 1 instance", "r1-i1"), ("1 replica x 2 instances", "r1-i2"), ("2 replicas x 1 instance", "r2-i1")]

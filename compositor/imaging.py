@@ -7,7 +7,7 @@ Conventions: frames are uint8 NHWC (``[B, H, W, 3]``, alpha ``[B, H, W, 1]``) as
 network tensors are float32 NCHW in [0, 1] at the network resolution.
 
 The output canvas is the source frame. The networks run at the deployment's aspect bucket nearest
-the source's proportions (``compositor.spec.Resolution``; one fixed size for an ``HxW``
+the source's proportions (``compositor.contract.spec.Resolution``; one fixed size for an ``HxW``
 resolution); full resolution comes from *residual upsampling*: the full-resolution linear composite plus the
 upsampled difference the network made at network resolution, so edges keep the source's detail.
 """
@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from compositor.errors import CompositorError
-from compositor.files import atomic_path
-from compositor.spec import MAX_IMAGE_SIDE, Resolution, parse_resolution
+from compositor.atomic_files import atomic_path
+from compositor.contract.spec import MAX_IMAGE_SIDE, Resolution, parse_resolution
 
 
 class ImageError(CompositorError, ValueError):

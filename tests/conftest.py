@@ -20,7 +20,7 @@ import torch
 from compositor.networks.blending import BlendingUNet
 from compositor.networks.defaults import MODNET_WEIGHTS_VARIABLE
 from compositor.networks.factory import load_networks
-from compositor.spec import Resolution, aspect_buckets
+from compositor.contract.spec import Resolution, aspect_buckets
 
 # The suite never runs the published MODNet that set-up downloads: every test (and every command
 # or server a test starts, which inherit the environment) sees a machine where set-up could not
@@ -78,7 +78,7 @@ class SmallExport:
 @pytest.fixture(scope="session")
 def small_export(nontrivial_networks, tmp_path_factory) -> SmallExport:
     """``nontrivial_networks`` exported with ``export_all`` at ``SMALL_RESOLUTION``, once per session."""
-    from compositor.export.pipeline import export_all
+    from compositor.export.exporter import export_all
 
     directory = tmp_path_factory.mktemp("small_export")
     export_all(directory, nontrivial_networks, resolution=SMALL_RESOLUTION)

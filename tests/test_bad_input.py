@@ -39,7 +39,7 @@ import skimage.data
 from compositor import imaging
 from compositor.cli import main
 from compositor.client.remote import ClientError, CompositorClient
-from compositor.spec import MAX_IMAGE_SIDE
+from compositor.contract.spec import MAX_IMAGE_SIDE
 
 from triton_probes import family_rss, http_status, stub_command_lines
 

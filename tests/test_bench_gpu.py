@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compositor import spec
+from compositor.contract import spec
 from compositor.bench import gpu_modes
 from compositor.bench.workloads import device_workload_inputs, device_workloads
 from compositor.export import tensorrt

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from compositor import imaging, spec
+from compositor import imaging
+from compositor.contract import spec
 from compositor.networks.factory import load_networks
-from compositor.pipeline import EagerPipeline
+from compositor.runtimes import EagerPipeline
 
 # Short side 512: 512 * 4/3 = 682.7 -> 672; 512 * 3/2 = 768; 512 * 16/9 = 910.2 -> 896.
 BUCKETS_512 = ((512, 512), (512, 672), (672, 512), (512, 768), (768, 512), (512, 896), (896, 512))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from compositor.classical_matte import ASTRONAUT_BOX, box_matte
+from compositor.examples.classical_matte import ASTRONAUT_BOX, box_matte
 
 # The synthetic portrait: an ellipse "subject" on a textured background of other colours.
 HEIGHT, WIDTH = 160, 192

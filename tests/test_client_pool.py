@@ -18,9 +18,9 @@ import skimage.data
 from compositor import imaging
 from compositor.client.pool import CompositeRequest, CompositorPool
 from compositor.client.remote import ClientError, CompositorClient, ServerUnreachableError
-from compositor.pipeline import EagerPipeline
+from compositor.runtimes import EagerPipeline
 from compositor.serving.server import free_port
-from compositor.spec import aspect_buckets
+from compositor.contract.spec import aspect_buckets
 
 from triton_probes import INTERRUPTIBLE
 

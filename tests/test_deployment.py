@@ -17,7 +17,7 @@ import pytest
 from compositor.client.deployment import DeploymentError, read_deployment
 from compositor.client.remote import CompositorClient
 from compositor.imaging import ImageError
-from compositor.spec import aspect_buckets
+from compositor.contract.spec import aspect_buckets
 
 pytestmark = pytest.mark.triton
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from compositor import spec
+from compositor.contract import spec
 from compositor.errors import CompositorError
 from compositor.export import engine_cache
 from compositor.export.engine_cache import GpuFacts, engine_cache_key, ensure_engines, source_fingerprint

@@ -22,8 +22,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from compositor import spec
-from compositor.export import fp16, parity, pipeline, readiness
+from compositor.contract import spec
+from compositor.export import exporter, fp16, parity, readiness
 from compositor.export.onnx_export import ExportError, check_contract, export_fp32
 from compositor.export.parity import ParityError
 from compositor.export.trt_ops import check_operators, tensorrt_operators
@@ -46,7 +46,7 @@ def default_networks():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, default_networks):
     out = tmp_path_factory.mktemp("export")
-    result = pipeline.export_all(out, default_networks, RESOLUTION, MAX_BATCH)
+    result = exporter.export_all(out, default_networks, RESOLUTION, MAX_BATCH)
     return out, result.report
 
 
@@ -475,7 +475,7 @@ def test_profile_matches_the_triton_config_the_repository_generates(exported):
 
 @pytest.mark.slow
 def test_the_export_package_does_not_import_the_serving_package():
-    code = "import sys, compositor.export.pipeline; print(sorted(m for m in sys.modules if m.startswith('compositor.serving')))"
+    code = "import sys, compositor.export.exporter; print(sorted(m for m in sys.modules if m.startswith('compositor.serving')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
 
     assert result.stdout.strip() == "[]"
@@ -527,7 +527,7 @@ def test_a_failing_check_leaves_no_model_file_and_no_report(tmp_path, default_ne
     monkeypatch.setattr(parity, "FP32_MAX_ABS_ERROR", 0.0)
 
     with pytest.raises(ParityError, match=r"matting: ONNX Runtime CPU, FP32 ONNX vs eager PyTorch FP32: photos/alpha: max abs error .* > 0"):
-        pipeline.export_all(tmp_path, default_networks, RESOLUTION, MAX_BATCH)
+        exporter.export_all(tmp_path, default_networks, RESOLUTION, MAX_BATCH)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 

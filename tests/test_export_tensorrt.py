@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from compositor import spec
+from compositor.contract import spec
 from compositor.cli import main
 from compositor.export import fp16, parity, tensorrt
 from compositor.export.onnx_export import export_fp32

@@ -19,7 +19,7 @@ import pytest
 import tritonclient.grpc
 
 from compositor.cli import main
-from compositor.serving.installation import TritonNotFoundError, find_installed_triton, find_triton
+from compositor.serving.triton_binary import TritonNotFoundError, find_installed_triton, find_triton
 from compositor.serving.server import TritonServer
 
 from triton_probes import ServeProcess, free_ports, serve_command, write_identity_repository

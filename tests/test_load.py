@@ -26,7 +26,7 @@ import skimage.data
 
 from compositor import imaging
 from compositor.client.remote import CompositorClient
-from compositor.pipeline import EagerPipeline
+from compositor.runtimes import EagerPipeline
 
 from triton_probes import family_rss, http_status, stub_command_lines
 

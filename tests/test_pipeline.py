@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from compositor import imaging, spec
+from compositor import imaging
+from compositor.contract import spec
 from compositor.networks.factory import load_networks
-from compositor.pipeline import EagerPipeline
+from compositor.runtimes import EagerPipeline
 
 RESOLUTION = 64  # aspect buckets with a small short side: the plumbing is what is under test here
 
@@ -178,7 +179,7 @@ def test_the_onnx_runtime_pipeline_runs_without_importing_pytorch(small_export):
     code = (
         "import sys, numpy as np, skimage.data\n"
         "from compositor import imaging\n"
-        "from compositor.pipeline import OnnxRuntimePipeline\n"
+        "from compositor.runtimes import OnnxRuntimePipeline\n"
         f"pipeline = OnnxRuntimePipeline({str(small_export.directory)!r}, {str(small_export.resolution)!r})\n"
         "result = pipeline(imaging.resize(skimage.data.astronaut(), (48, 40)), skimage.data.coffee())\n"
         "assert result.harmonized.shape == (48, 40, 3) and result.harmonized.dtype == np.uint8\n"

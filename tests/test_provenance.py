@@ -20,16 +20,17 @@ import pytest
 import tritonclient.grpc
 import tritonclient.http
 
-from compositor.client.provenance import provenance_from_config, untrained_networks, warn_untrained_once
+from compositor.client.deployment import warn_untrained_once
+from compositor.contract.provenance import provenance_from_config, untrained_networks
 from compositor.client.remote import CompositorClient
 from compositor.export.layout import read_report
-from compositor.export.pipeline import export_all
+from compositor.export.exporter import export_all
 from compositor.networks.defaults import default_weights
 from compositor.networks.factory import PUBLISHED_MODNET_CHECKPOINT_FILE, load_networks
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import save_modnet_checkpoint
 from compositor.serving.configs import RepositoryOptions
-from compositor.serving.conventions import PROVENANCE_PARAMETER
+from compositor.contract.provenance import PROVENANCE_PARAMETER
 from compositor.serving.repository import generate_repository
 
 RESOLUTION = (64, 64)

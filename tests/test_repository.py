@@ -28,11 +28,11 @@ from compositor.serving.configs import (
     to_model_config,
     to_pbtxt,
 )
-from compositor.serving.installation import find_triton
+from compositor.serving.triton_binary import find_triton
 from compositor.serving.repository import MissingModelFilesError, generate_repository
-from compositor.serving.stages import OPTIONAL_INPUTS, STAGES
+from compositor.contract.stages import OPTIONAL_INPUTS, STAGES
 from compositor.export.layout import report_shape
-from compositor.spec import ENSEMBLES, NETWORKS, ModelSpec, fixed_resolution, tensorrt_profiles
+from compositor.contract.spec import ENSEMBLES, NETWORKS, ModelSpec, fixed_resolution, tensorrt_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"

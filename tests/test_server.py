@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import pytest
 
-from compositor.serving.installation import TritonNotFoundError, find_stub, find_triton
+from compositor.serving.triton_binary import TritonNotFoundError, find_stub, find_triton
 from compositor.serving.server import ServerStartError, TritonServer
 from compositor.serving.server_log import diagnose_log, new_log_path
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from compositor.temporal import DEFAULT_THRESHOLD, flicker_mask, one_frame_delay, smooth_sequence
+from compositor.media.temporal_smoothing import DEFAULT_THRESHOLD, flicker_mask, one_frame_delay, smooth_sequence
 
 
 def frames(*values, dtype=np.uint8):

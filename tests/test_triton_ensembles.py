@@ -24,11 +24,11 @@ from compositor.cli import main
 from compositor.client.remote import ClientError, CompositorClient, ModelNotReadyError, RequestTimeoutError
 from compositor.export.onnx_export import export_fp32
 from compositor.networks.contract import contract_models
-from compositor.pipeline import EagerPipeline
+from compositor.runtimes import EagerPipeline
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository
 from compositor.serving.server import TritonServer
-from compositor.spec import NETWORKS
+from compositor.contract.spec import NETWORKS
 
 from triton_probes import free_ports
 

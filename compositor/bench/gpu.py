@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from compositor import spec
+from compositor.contract import spec
 from compositor.bench.gpu_modes import (
     DEFAULT_BUDGET_S,
     MODES,
@@ -40,7 +40,7 @@ from compositor.bench.report import gpu_accuracy_text
 from compositor.bench.workloads import CHAIN, device_workload_inputs, device_workloads
 from compositor.errors import CompositorError
 from compositor.export.metrics import compare
-from compositor.files import write_json
+from compositor.atomic_files import write_json
 from compositor.networks.complexity import count_flops
 from compositor.networks.contract import contract_models
 from compositor.networks.factory import Networks, load_networks
@@ -128,7 +128,7 @@ def run_gpu_benchmark(settings: GpuBenchSettings, out: Path | None = None) -> di
                 "budget_s": settings.budget_s,
                 **flags,
                 "inputs": "seeded uniform [0, 1] tensors (compositor.networks.complexity.example_inputs, "
-                "example_chain_inputs); the chain feeds its own intermediate tensors (compositor.spec.run_chain)",
+                "example_chain_inputs); the chain feeds its own intermediate tensors (compositor.contract.spec.run_chain)",
                 "latency": "one iteration, synchronised before and after (torch.cuda.synchronize), wall clock",
                 "accuracy": "each mode against eager FP32 on the same inputs (compositor.export.metrics.compare); the "
                 "export's FP16 tolerances (compositor.export.parity.FP16_TOLERANCES) are set on photos, not on these",

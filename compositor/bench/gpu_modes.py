@@ -3,7 +3,7 @@
   eager_fp32    PyTorch eager, true FP32 (TF32 disabled: FP32 is the accuracy reference);
   eager_fp16    PyTorch eager under torch.autocast(float16);
   compile_fp16  torch.compile of each network (the chain reuses them), under the same autocast;
-  tensorrt      engines built by the export chain itself (``compositor.export.pipeline.export_network``:
+  tensorrt      engines built by the export chain itself (``compositor.export.exporter.export_network``:
                 FP32 ONNX with its parity and readiness checks, the FP16 ladder, a strongly typed
                 engine checked against ONNX Runtime), run through Polygraphy's ``TrtRunner``.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compositor import spec
+from compositor.contract import spec
 from compositor.bench.workloads import CHAIN
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def tensorrt_forwards(
     import time
 
     from compositor.export import parity, tensorrt
-    from compositor.export.pipeline import export_network
+    from compositor.export.exporter import export_network
 
     feeds = parity.parity_feeds(models, resolution)
     forwards, builds = {}, {}

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from compositor.bench.workloads import CHAIN
-from compositor.spec import COMPOSITE, COMPOSITE_WITH_ALPHA
-from compositor.files import atomic_path, write_text
+from compositor.contract.spec import COMPOSITE, COMPOSITE_WITH_ALPHA
+from compositor.atomic_files import atomic_path, write_text
 
 
 def chain_rows(report: dict) -> list[dict]:

@@ -28,7 +28,7 @@ from compositor.client.remote import CompositorClient
 from compositor.serving.configs import RepositoryOptions
 from compositor.serving.repository import generate_repository
 from compositor.serving.server import TritonServer, free_port
-from compositor.spec import COMPOSITE, NETWORKS, Resolution
+from compositor.contract.spec import COMPOSITE, NETWORKS, Resolution
 
 log = logging.getLogger(__name__)
 

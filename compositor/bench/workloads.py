@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compositor import spec
-from compositor.spec import NETWORKS, network_feeds
+from compositor.contract import spec
+from compositor.contract.spec import NETWORKS, network_feeds
 
 if TYPE_CHECKING:
     import torch
 
-    from compositor.pipeline import Pipeline
+    from compositor.runtimes import Pipeline
 
 CHAIN = "chain"
 WORKLOADS = (CHAIN, *NETWORKS)
@@ -73,7 +73,7 @@ def in_process_workloads(mode: str, pipeline: Pipeline, batch: int, workloads: t
 
 def make_pipeline(mode: str, networks, resolution: tuple[int, int], onnx_dir=None) -> Pipeline:
     """The in-process pipeline of ``mode``: ``eager`` (PyTorch) or ``onnxruntime`` (exported FP32 ONNX)."""
-    from compositor.pipeline import EagerPipeline, OnnxRuntimePipeline
+    from compositor.runtimes import EagerPipeline, OnnxRuntimePipeline
 
     if mode == "eager":
         return EagerPipeline(networks, resolution)

@@ -31,7 +31,7 @@ from compositor.cli.options import (
     positive_int,
     positive_int_list,
 )
-from compositor.files import write_json
+from compositor.atomic_files import write_json
 
 QUICK = {"concurrency": (1, 2), "window_s": 3.0, "min_requests": 5, "max_windows": 3}
 
@@ -63,7 +63,7 @@ def run(args) -> int:
     # Imported here: the benchmark needs PyTorch, ONNX Runtime and matplotlib; --help needs none.
     from compositor.bench.load import LoadSettings
     from compositor.bench.report import markdown, plot, readme_section, update_readme
-    from compositor.bench.run import BenchSettings, run_benchmark
+    from compositor.bench.throughput import BenchSettings, run_benchmark
 
     load = LoadSettings(
         window_s=args.duration_s or (QUICK["window_s"] if args.quick else 10.0),

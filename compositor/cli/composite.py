@@ -58,13 +58,14 @@ from compositor.cli.options import (
     unit_fraction,
 )
 from compositor.client.pool import DEFAULT_MAX_IN_FLIGHT
-from compositor.client.remote import DEFAULT_TIMEOUT_S, PROTOCOLS
+from compositor.client.remote import DEFAULT_TIMEOUT_S
+from compositor.client.urls import PROTOCOLS
 from compositor.client.video import VIDEO_OUTPUTS
 from compositor.figures import comparison_strip, edge_zoom_strip, harmony_check_strip, linear_paste, stack_rows
 from compositor.media.video import is_video
 from compositor.results import CompositeResult
-from compositor.spec import DEFAULT_RESOLUTION
-from compositor.temporal import DEFAULT_THRESHOLD
+from compositor.contract.spec import DEFAULT_RESOLUTION
+from compositor.media.temporal_smoothing import DEFAULT_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def _size(image) -> str:
 
 def run_local(args, source, background, alpha) -> CompositeResult:
     # Imported here: PyTorch takes seconds to import, and --url and --help need none of it.
-    from compositor.pipeline import EagerPipeline
+    from compositor.runtimes import EagerPipeline
 
     pipeline = EagerPipeline(networks_from_args(args), args.resolution or DEFAULT_RESOLUTION)
     started = time.perf_counter()
@@ -286,7 +287,7 @@ def run_video(args) -> int:
     with _pool(args) as pool, _progress(info.frames or None, "frame") as bar:
         try:
             summary = composite_video(pool, args.source, background, args.out, output=args.video_output or "harmonized",
-                                      smoothing_threshold=threshold, on_frame=lambda: bar.update(1))
+                                      smoothing_threshold=threshold, on_frame=lambda: bar.update(1), info=info)
         except FrameFailedError as error:
             bar.close()
             print(f"error: {error}; no video written", file=sys.stderr)

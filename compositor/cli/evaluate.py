@@ -99,7 +99,7 @@ def run(args) -> int:
     # Imported here: PyTorch takes seconds to import, and --help needs none of it.
     import torch
 
-    from compositor.files import atomic_path
+    from compositor.atomic_files import atomic_path
     from compositor.imaging import write_image
     from compositor.networks.blending import BlendingUNet
     from compositor.networks.harmonization import HarmonizationUNet

@@ -37,8 +37,8 @@ from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args, positive_int
-from compositor.client import provenance as weights_provenance
-from compositor.spec import DEFAULT_MAX_BATCH
+from compositor.contract import provenance as weights_provenance
+from compositor.contract.spec import DEFAULT_MAX_BATCH
 
 
 def register(subparsers) -> None:
@@ -66,7 +66,7 @@ def run(args) -> int:
     from compositor.export.layout import read_report
     from compositor.export.onnx_export import ExportError
     from compositor.export.parity import ParityError
-    from compositor.export.pipeline import export_all
+    from compositor.export.exporter import export_all
     from compositor.export.readiness import ReadinessError
     from compositor.export.tensorrt import EngineBuildError, TensorRTUnavailableError
 

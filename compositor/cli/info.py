@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from compositor.cli import subcommand_parser
 from compositor.cli.options import add_network_options, networks_from_args
-from compositor.spec import format_size
+from compositor.contract.spec import format_size
 
 
 def register(subparsers) -> None:

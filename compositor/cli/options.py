@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compositor.spec import DEFAULT_RESOLUTION, Resolution, format_resolution, parse_resolution
+from compositor.contract.spec import DEFAULT_RESOLUTION, Resolution, format_resolution, parse_resolution
 
 if TYPE_CHECKING:
     from compositor.networks.factory import Networks

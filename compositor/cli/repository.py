@@ -27,9 +27,9 @@ from pathlib import Path
 
 from compositor.cli import subcommand_parser
 from compositor.cli.options import non_negative_int, positive_int, resolution_argument
-from compositor.client import provenance as weights_provenance
-from compositor.serving.conventions import DEFAULT_INTRA_OP_THREADS, DEFAULT_MAX_QUEUE_DELAY_US, FLAVORS
-from compositor.spec import DEFAULT_MAX_BATCH, DEFAULT_RESOLUTION, format_resolution
+from compositor.contract import provenance as weights_provenance
+from compositor.contract.parameters import DEFAULT_INTRA_OP_THREADS, DEFAULT_MAX_QUEUE_DELAY_US, FLAVORS
+from compositor.contract.spec import DEFAULT_MAX_BATCH, DEFAULT_RESOLUTION, format_resolution
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from compositor.cli import CommandError, subcommand_parser
 from compositor.cli.options import positive_int
-from compositor.serving.installation import TritonNotFoundError
+from compositor.serving.triton_binary import TritonNotFoundError
 from compositor.serving.replicas import ReplicaSet
 from compositor.serving.server import (
     DEFAULT_GRPC_PORT,

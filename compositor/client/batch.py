@@ -29,7 +29,7 @@ import numpy as np
 from compositor import imaging
 from compositor.client.pool import CompositeRequest, CompositorPool
 from compositor.errors import CompositorError
-from compositor.files import current_umask
+from compositor.atomic_files import current_umask
 from compositor.media.folders import FolderItem
 
 log = logging.getLogger(__name__)

@@ -2,9 +2,9 @@
 network resolution and where each network's weights came from.
 
 Nothing here is hard-coded on the client side: the ensembles are found among the server's ready
-models by their signature (the inputs and outputs of ``compositor.spec.COMPOSITE`` and
+models by their signature (the inputs and outputs of ``compositor.contract.spec.COMPOSITE`` and
 ``COMPOSITE_WITH_ALPHA``), the networks by walking the ensemble's steps and matching each step's
-signature against ``compositor.spec.NETWORKS``, the resolution from the ``preprocess`` step's
+signature against ``compositor.contract.spec.NETWORKS``, the resolution from the ``preprocess`` step's
 config parameter, the batch limit from the ensemble's ``max_batch_size``. A repository generated
 under other model names (or two deployments side by side on one server) works the same.
 
@@ -20,15 +20,17 @@ Importing this module costs no Triton client: ``read_deployment`` takes a client
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
-from compositor.client import provenance as weights_provenance
-from compositor.client.remote import ModelNotReadyError
-from compositor.serving import conventions
-from compositor.serving.stages import PREPROCESS
-from compositor.spec import COMPOSITE, COMPOSITE_WITH_ALPHA, MAX_IMAGE_SIDE, NETWORKS, ModelSpec, Resolution, parse_resolution
+from compositor.client.errors import ModelNotReadyError
+from compositor.contract.parameters import RESOLUTION_PARAMETER
+from compositor.contract import provenance as weights_provenance
+from compositor.contract.stages import PREPROCESS
+from compositor.contract.spec import COMPOSITE, COMPOSITE_WITH_ALPHA, MAX_IMAGE_SIDE, NETWORKS, ModelSpec, Resolution, parse_resolution
 
 log = logging.getLogger(__name__)
+
 
 class DeploymentError(ModelNotReadyError):
     """The server answers but does not serve a compositing ensemble that the client can use."""
@@ -50,7 +52,7 @@ class Deployment:
         max_image_side: largest accepted source or background side, pixels.
         networks: served model name per network (``matting``, ``blending``, ``harmonization``).
         provenance: per network (same keys), where its weights came from, as the repository
-            records it (``compositor.client.provenance``): ``{"kind": "trained" |
+            records it (``compositor.contract.provenance``): ``{"kind": "trained" |
             "published_checkpoint" | "untrained" | "unknown", "file", "sha256", "note"}``.
     """
 
@@ -138,8 +140,8 @@ def read_deployment(triton_client, protocol: str, url: str, timeout_s: float | N
     parameters = _parameters(preprocess)
     # "512": aspect buckets; "512x512": one fixed size, which is also what repositories from
     # before aspect buckets recorded (their networks took that one size).
-    if conventions.RESOLUTION_PARAMETER in parameters:
-        resolution = parse_resolution(parameters[conventions.RESOLUTION_PARAMETER])
+    if RESOLUTION_PARAMETER in parameters:
+        resolution = parse_resolution(parameters[RESOLUTION_PARAMETER])
     else:  # older repositories still: the matting network's input is fixed at the resolution
         resolution = parse_resolution(tuple(int(d) for d in configs[roles["matting"]]["input"][0]["dims"][1:3]))
 
@@ -156,7 +158,7 @@ def read_deployment(triton_client, protocol: str, url: str, timeout_s: float | N
         provenance=provenance,
     )
     log.debug("%s: %s", where, deployment)
-    weights_provenance.warn_untrained_once(url, deployment.untrained_networks())
+    warn_untrained_once(url, deployment.untrained_networks())
     return deployment
 
 
@@ -200,3 +202,30 @@ def _role(config: dict) -> str | None:
 
 def _parameters(config: dict) -> dict[str, str]:
     return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+
+
+_warned_urls: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_untrained_once(url: str, networks: list[str]) -> None:
+    """Log one WARNING per process and ``url`` naming the untrained ``networks`` (none: nothing).
+
+    Logged on the ``compositor.client`` logger; later calls for the same ``url`` stay silent, so a
+    pool of clients or a long batch job says it once.
+    """
+    if not networks:
+        return
+    with _warned_lock:
+        if url in _warned_urls:
+            return
+        _warned_urls.add(url)
+    logging.getLogger("compositor.client").warning(
+        "the server at %s runs UNTRAINED (seeded) weights for: %s. Its outputs show the plumbing, not the "
+        "quality. Deploy trained weights: export ('compositor export') where set-up obtained the published MODNet "
+        "(scripts/setup.sh) or with its checkpoint (--modnet-checkpoint or MODNET_CHECKPOINT), with the trained "
+        "weights/*.safetensors, then regenerate the "
+        "repository with 'compositor repository --onnx DIR'; its PROVENANCE.md lists what each network runs.",
+        url,
+        ", ".join(networks),
+    )

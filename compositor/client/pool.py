@@ -32,32 +32,34 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from compositor import imaging
-from compositor.client.remote import (
-    DEFAULT_BACKOFF_S,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT_S,
-    HEALTH_TIMEOUT_S,
+from compositor.client.errors import (
     ClientError,
-    CompositorClient,
     InvalidURLError,
     ModelNotReadyError,
     RequestTimeoutError,
     ServerUnavailableError,
     ServerUnreachableError,
-    check_retry_settings,
-    normalize_url,
 )
+from compositor.client.remote import (
+    DEFAULT_BACKOFF_S,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    HEALTH_TIMEOUT_S,
+    CompositorClient,
+    check_retry_settings,
+)
+from compositor.client.health import MAX_PROBE_INTERVAL_S, ServerHealth, ServerState  # noqa: F401 - MAX_PROBE_INTERVAL_S: part of the pool's documented behaviour
+from compositor.client.urls import normalize_url
 from compositor.results import CompositeResult
 
 DEFAULT_MAX_IN_FLIGHT = 4
@@ -65,10 +67,6 @@ DEFAULT_MAX_IN_FLIGHT = 4
 busy together, few enough that frames do not pile up in memory."""
 
 log = logging.getLogger(__name__)
-
-MAX_PROBE_INTERVAL_S = 5.0
-"""A down server is probed at least this often, however long it has been down."""
-
 
 BROKEN_SERVER_SIGNS = ("is not healthy",)
 """Words of a server-side error that no request caused: Triton 2.51's answer once a Python-backend
@@ -135,22 +133,6 @@ def parse_urls(url: str, protocol: str) -> list[str]:
     return urls
 
 
-@dataclass
-class _Server:
-    """The pool's view of one server. Fields are guarded by the pool's lock."""
-
-    url: str
-    ready: bool = False
-    generation: int = 0  # bumped when the server goes down or comes back: clients made before are replaced
-    failed_probes: int = 0
-    next_probe_s: float = 0.0
-    probing: bool = False
-    in_flight: int = 0
-    answered: int = 0
-    deployment: object | None = None
-    last_error: Exception | None = field(default=None, repr=False)
-
-
 class CompositorPool:
     """A bounded, ordered, fault-tolerant stream of composites over one or several servers.
 
@@ -203,10 +185,8 @@ class CompositorPool:
         """Requests being sent right now."""
         self.peak_in_flight = 0
         """The most requests that were being sent at once."""
-        self._servers = [_Server(u) for u in self.urls]
-        self._lock = threading.Lock()
-        self._turn = itertools.count()
-        self._all_down_since: float | None = None
+        self._health = ServerHealth(self.urls, protocol, self.timeout_s, self.backoff_s, self._new_client, self._probe_client)
+        self._lock = self._health.lock  # one lock: a request's bookkeeping touches its server's state
         self._local = threading.local()
         self._clients: list[CompositorClient] = []
         self._closed = False
@@ -242,12 +222,7 @@ class CompositorPool:
     def ready_urls(self) -> list[str]:
         """The servers the pool sends requests to now."""
         with self._lock:
-            return [s.url for s in self._servers if s.ready]
-
-    def answered_by(self) -> dict[str, int]:
-        """Successful requests per server so far."""
-        with self._lock:
-            return {s.url: s.answered for s in self._servers}
+            return [s.url for s in self._health.servers if s.ready]
 
     # --- the stream ------------------------------------------------------------------------------
 
@@ -292,13 +267,13 @@ class CompositorPool:
         """Send one request until a server answers it, it fails on its own, or retries run out. Never raises."""
         attempts = 0
         failed: Exception | None = None
-        failed_server: _Server | None = None
+        failed_server: ServerState | None = None
         while True:
-            server = self._choose(avoid=failed_server)
+            server = self._health.choose(avoid=failed_server)
             if server is None:
-                server = self._wait_for_a_server()
+                server = self._health.wait_for_a_server()
                 if server is None:
-                    return CompositeOutcome(request.key, None, self._all_down_error(failed), attempts, None)
+                    return CompositeOutcome(request.key, None, self._health.all_down_error(failed), attempts, None)
             if failed_server is not None and (server is failed_server or not server.ready):
                 time.sleep(self.backoff_s * 2 ** (attempts - 1))  # no other server to turn to: back off
             attempts += 1
@@ -315,23 +290,21 @@ class CompositorPool:
             except ClientError as error:
                 # The server answered with an error: the request's fault, unless the server is going away
                 # or one of its model processes died (it then still answers ready: see BROKEN_SERVER_SIGNS).
-                if not _says_server_is_broken(error) and self._answers_ready(server):
+                if not _says_server_is_broken(error) and self._health.answers_ready(server):
                     return CompositeOutcome(request.key, None, error, attempts, server.url)
                 failed, failed_server = error, server
             except Exception as error:  # noqa: BLE001 - one item's failure must not stop the others
                 log.exception("request %r failed", request.key)
                 return CompositeOutcome(request.key, None, error, attempts, server.url)
             else:
-                with self._lock:
-                    server.answered += 1
                 return CompositeOutcome(request.key, CompositeResult(**outputs), None, attempts, server.url)
-            self._mark_down(server, failed)
+            self._health.mark_down(server, failed)
             if attempts > self.retries:
                 return CompositeOutcome(request.key, None, failed, attempts, server.url)
             log.warning("%s; sending request %r again (retry %d of %d)", failed, request.key, attempts, self.retries)
 
     @contextlib.contextmanager
-    def _counted(self, server: _Server):
+    def _counted(self, server: ServerState):
         with self._lock:
             server.in_flight += 1
             self.in_flight += 1
@@ -347,115 +320,21 @@ class CompositorPool:
 
     def _start(self):
         """Probe every server at once; the deployment of the first ready one (in URL order)."""
-        probes = [self._executor.submit(self._first_probe, server) for server in self._servers]
+        probes = [self._executor.submit(self._health.first_probe, server) for server in self._health.servers]
         reasons = [probe.result() for probe in probes]
-        ready = [server for server in self._servers if server.ready]
+        servers = self._health.servers
+        ready = [server for server in servers if server.ready]
         if not ready:
-            if len(self._servers) == 1:  # the client's own message, as a single client would say it
+            if len(servers) == 1:  # the client's own message, as a single client would say it
                 if isinstance(reasons[0], ServerUnreachableError):
                     raise reasons[0]
                 raise ServerUnreachableError(str(reasons[0])) from reasons[0]
-            details = "; ".join(f"{self.protocol}://{s.url}: {reason}" for s, reason in zip(self._servers, reasons))
-            raise ServerUnreachableError(f"none of the {len(self._servers)} Triton servers is ready ({details})")
-        for server, reason in zip(self._servers, reasons):
+            details = "; ".join(f"{self.protocol}://{s.url}: {reason}" for s, reason in zip(servers, reasons))
+            raise ServerUnreachableError(f"none of the {len(servers)} Triton servers is ready ({details})")
+        for server, reason in zip(servers, reasons):
             if not server.ready:
                 log.warning("skipping %s://%s for now (%s); it is used once it answers ready", self.protocol, server.url, reason)
         return self._client_for(ready[0]).deployment
-
-    def _first_probe(self, server: _Server) -> ClientError | None:
-        """Check one server at start-up; mark it ready, or return why it is not."""
-        client = self._new_client(server.url)
-        try:
-            client._check_live()
-            if not client.is_server_ready():
-                return ServerUnreachableError(f"Triton server at {client.where} answers but is not ready (models still loading?)")
-        except ClientError as error:
-            return error
-        finally:
-            client.close()
-        with self._lock:
-            server.ready = True
-        return None
-
-    def _choose(self, avoid: _Server | None = None) -> _Server | None:
-        """The ready server with the fewest requests in flight (taking turns on ties), after probing
-        down servers that are due; ``avoid`` only if it is the only one."""
-        self._probe_due()
-        with self._lock:
-            ready = [s for s in self._servers if s.ready]
-            if not ready:
-                return None
-            others = [s for s in ready if s is not avoid] or ready
-            turn = next(self._turn)
-            return min(others, key=lambda s: (s.in_flight, (self._servers.index(s) - turn) % len(self._servers)))
-
-    def _wait_for_a_server(self) -> _Server | None:
-        """Probe down servers until one is ready; None once all have been down longer than ``timeout_s``."""
-        while True:
-            server = self._choose()
-            if server is not None:
-                return server
-            with self._lock:
-                since = self._all_down_since if self._all_down_since is not None else time.monotonic()
-                next_probe_s = min(s.next_probe_s for s in self._servers)
-            now = time.monotonic()
-            remaining_s = since + self.timeout_s - now
-            if remaining_s <= 0:
-                return None
-            time.sleep(max(0.01, min(next_probe_s - now, remaining_s)))
-
-    def _mark_down(self, server: _Server, error: Exception) -> None:
-        with self._lock:
-            server.last_error = error
-            if not server.ready:
-                return
-            server.ready = False
-            server.generation += 1
-            server.deployment = None
-            server.failed_probes = 0
-            server.next_probe_s = time.monotonic() + self.backoff_s
-            if not any(s.ready for s in self._servers):
-                self._all_down_since = time.monotonic()
-        log.warning("%s://%s is down (%s); skipping it until it answers ready", self.protocol, server.url, error)
-
-    def _probe_due(self) -> None:
-        """Probe each down server whose turn has come (one thread per server at a time)."""
-        now = time.monotonic()
-        with self._lock:
-            due = [s for s in self._servers if not s.ready and not s.probing and s.next_probe_s <= now]
-            for server in due:
-                server.probing = True
-        for server in due:
-            # A fresh connection: a gRPC channel that saw the server go keeps backing off its reconnects.
-            ready = self._answers_ready(server)
-            with self._lock:
-                server.probing = False
-                if ready:
-                    server.ready = True
-                    server.generation += 1
-                    self._all_down_since = None
-                else:
-                    server.failed_probes += 1
-                    interval_s = min(self.backoff_s * 2**server.failed_probes, MAX_PROBE_INTERVAL_S)
-                    server.next_probe_s = time.monotonic() + max(interval_s, 0.01)
-            if ready:
-                log.info("%s://%s answers ready again; sending requests to it", self.protocol, server.url)
-
-    def _answers_ready(self, server: _Server) -> bool:
-        """Whether ``server`` answers ready now, asked over a fresh connection."""
-        client = self._probe_client(server.url)
-        try:
-            return client.is_server_ready()
-        finally:
-            client.close()
-
-    def _all_down_error(self, last: Exception | None) -> ServerUnreachableError:
-        with self._lock:
-            details = "; ".join(f"{self.protocol}://{s.url}: {s.last_error or 'not ready'}" for s in self._servers)
-        noun = "the Triton server has" if len(self._servers) == 1 else f"all {len(self._servers)} Triton servers have"
-        error = ServerUnreachableError(f"{noun} been down for more than {self.timeout_s:g} s ({details})")
-        error.__cause__ = last
-        return error
 
     # --- clients ---------------------------------------------------------------------------------
 
@@ -466,7 +345,7 @@ class CompositorPool:
     def _probe_client(self, url: str) -> CompositorClient:
         return CompositorClient(url, protocol=self.protocol, timeout_s=min(self.timeout_s, HEALTH_TIMEOUT_S), retries=0)
 
-    def _client_for(self, server: _Server) -> CompositorClient:
+    def _client_for(self, server: ServerState) -> CompositorClient:
         """This thread's client for ``server``; a new one after the server went down or came back."""
         clients = self._local.__dict__.setdefault("clients", {})
         with self._lock:

@@ -9,7 +9,7 @@ The ensembles' names, the batch and image-size limits and the network resolution
 server (``client.deployment``, read once by ``compositor.client.deployment``), not from constants
 here; reading them also warns, once per server, when a network runs untrained weights.
 
-Failures raise ``ClientError`` subclasses whose message names the server, the model and the
+Failures raise ``ClientError`` subclasses (``compositor.client.errors``; imported here too) whose message names the server, the model and the
 problem: nothing answers at the address (``ServerUnreachableError``, only for connection failures,
 with a hint: start the server, or the port belongs to the other protocol), the server answered
 UNAVAILABLE (``ServerUnavailableError``: shutting down, overloaded), the model is not loaded or not
@@ -39,15 +39,19 @@ import time
 import numpy as np
 
 from compositor import imaging
-from compositor.errors import CompositorError
-from compositor.spec import COMPOSITE, COMPOSITE_WITH_ALPHA
+from compositor.client.errors import (  # re-exported: the README's examples import them from here
+    ClientError,
+    InvalidURLError,
+    ModelNotReadyError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+    ServerUnreachableError,
+)
+from compositor.client.urls import DEFAULT_PORTS, PROTOCOLS, normalize_url
+from compositor.contract.spec import COMPOSITE, COMPOSITE_WITH_ALPHA
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("grpc", "http")
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
-"""Triton's default ports; a URL without a port gets its protocol's."""
-NAMES = {"grpc": "gRPC", "http": "HTTP"}
 DEFAULT_TIMEOUT_S = 60.0
 """Per request. Generous: a first request on CPU at 512x512 includes ONNX Runtime's warm-up."""
 DEFAULT_RETRIES = 3
@@ -59,80 +63,12 @@ HEALTH_TIMEOUT_S = 2.0
 START_HINT = "is the server running? start it with `compositor serve --repository model_repository`"
 
 
-
-class ClientError(CompositorError, RuntimeError):
-    """A request could not be served; the message says where and why."""
-
-
-class InvalidURLError(ClientError, ValueError):
-    """The server address is not ``host:port`` (``grpc://`` or ``http://`` in front only when it names the protocol)."""
-
-
-class ServerUnreachableError(ClientError):
-    """Nothing answers at the URL (wrong address, server not started, network), or it speaks another protocol."""
-
-
-class ServerUnavailableError(ClientError):
-    """The server answered UNAVAILABLE (gRPC) or 503 (HTTP): shutting down or not ready; worth a retry."""
-
-
-class ModelNotReadyError(ClientError):
-    """The server answers but the ensemble is not loaded or not ready."""
-
-
-class RequestTimeoutError(ClientError):
-    """No response within ``timeout_s``."""
-
-
-def normalize_url(url: str, protocol: str) -> str:
-    """``host:port`` for ``protocol``: strips a scheme that names the protocol, adds the default port.
-
-    Raises:
-        InvalidURLError: a scheme of the other protocol (or https), a path, or an empty host.
-    """
-    text = url.strip()
-    scheme, separator, rest = text.partition("://")
-    if separator:
-        scheme = scheme.lower()
-        if scheme in ("https", "grpcs"):
-            raise InvalidURLError(f"{url}: TLS ({scheme}://) is not supported; give host:port of a plain gRPC or HTTP endpoint")
-        if scheme not in PROTOCOLS:
-            raise InvalidURLError(f"{url}: unknown scheme {scheme}://; give host:port (e.g. 127.0.0.1:{DEFAULT_PORTS[protocol]})")
-        if scheme != protocol:
-            raise InvalidURLError(
-                f"{url}: {scheme}:// is for --protocol {scheme} (Triton's {NAMES[scheme]} port, default "
-                f"{DEFAULT_PORTS[scheme]}); for {NAMES[protocol]} give host:port without a scheme, e.g. "
-                f"127.0.0.1:{DEFAULT_PORTS[protocol]}"
-            )
-        text = rest
-    if text.endswith("/"):
-        text = text[:-1]
-    if "/" in text:
-        raise InvalidURLError(f"{url}: give host:port only, without a path (e.g. 127.0.0.1:{DEFAULT_PORTS[protocol]})")
-    host, port = _split_host_port(text)
-    if not host:
-        raise InvalidURLError(f"{url}: no host; give host:port (e.g. 127.0.0.1:{DEFAULT_PORTS[protocol]})")
-    if port is None:
-        port = DEFAULT_PORTS[protocol]
-    elif not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidURLError(f"{url}: port {port!r} is not a number from 1 to 65535")
-    return f"{host}:{port}"
-
-
 def check_retry_settings(timeout_s: float, retries: int, backoff_s: float) -> None:
     """Raise ``ValueError`` unless ``timeout_s > 0`` and ``retries``, ``backoff_s >= 0`` (client and pool alike)."""
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     if retries < 0 or backoff_s < 0:
         raise ValueError(f"retries and backoff_s must be >= 0, got {retries} and {backoff_s}")
-
-
-def _split_host_port(text: str) -> tuple[str, str | None]:
-    if text.startswith("["):  # [IPv6]:port
-        host, _, rest = text.partition("]")
-        return host + "]", rest[1:] if rest.startswith(":") else None
-    host, separator, port = text.rpartition(":")
-    return (host, port) if separator else (text, None)
 
 
 class CompositorClient:

@@ -6,7 +6,7 @@ length. Each answer's chosen output (``harmonized`` by default) is encoded at th
 timestamp; the audio is copied (``compositor.media.video.VideoWriter``). Any failed frame stops
 the run and leaves no output file: a video with a hole is not a result.
 
-Temporal smoothing (MODNet's one-frame delay, ``compositor.temporal``) needs frame t+1's matte
+Temporal smoothing (MODNet's one-frame delay, ``compositor.media.temporal_smoothing``) needs frame t+1's matte
 before frame t is final: the ``composite`` ensemble returns each frame's matte; when the rule
 changes any pixel of frame t's, frame t is asked again through ``composite_with_alpha`` with the
 smoothed matte (so blending and harmonization use it), in the same pipelined stream; a frame whose
@@ -26,8 +26,8 @@ import numpy as np
 
 from compositor.client.pool import CompositeRequest, CompositorPool
 from compositor.errors import CompositorError
-from compositor.media.video import VideoWriter, looped_images, probe, read_frames
-from compositor.temporal import one_frame_delay
+from compositor.media.video import VideoInfo, VideoWriter, looped_images, probe, read_frames
+from compositor.media.temporal_smoothing import one_frame_delay
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def composite_video(
     output: str = "harmonized",
     smoothing_threshold: float | None = None,
     on_frame: Callable[[], None] | None = None,
+    info: VideoInfo | None = None,
 ) -> VideoSummary:
     """Composite every frame of ``source_path`` onto ``background`` and write ``out_path``.
 
@@ -92,6 +93,7 @@ def composite_video(
         smoothing_threshold: apply MODNet's one-frame-delay rule with this T (fraction of full
             scale); None for no smoothing.
         on_frame: called once per frame written (e.g. to advance a progress bar).
+        info: ``probe(source_path)`` when the caller has it already (the source is probed once).
 
     Raises:
         FrameFailedError: a frame failed (its index and the reason); nothing is written.
@@ -99,7 +101,7 @@ def composite_video(
     """
     if output not in VIDEO_OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(VIDEO_OUTPUTS)}, got {output!r}")
-    info = probe(source_path)
+    info = info if info is not None else probe(source_path)
     backgrounds: Iterator[np.ndarray] | None = None
     if isinstance(background, Path):
         backgrounds = looped_images(background)

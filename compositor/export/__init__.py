@@ -12,8 +12,8 @@ The steps are small importable functions, each raising on failure:
 * ``tensorrt.build_engine`` (Polygraphy's TensorRT loaders, lazy TensorRT) and the equivalent
   ``trtexec``/``polygraphy`` lines.
 
-``pipeline.export_network`` runs them for one network (the GPU benchmark calls it for its engines);
-``pipeline.export_all`` runs it for the three networks and writes ``export_report.json``; the
+``exporter.export_network`` runs them for one network (the GPU benchmark calls it for its engines);
+``exporter.export_all`` runs it for the three networks and writes ``export_report.json``; the
 ``compositor export`` command is its command line. ``layout`` names the files of an export folder.
 Nothing here imports ``compositor.serving``.
 """

@@ -49,9 +49,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from compositor import spec
+from compositor.contract import spec
 from compositor.errors import CompositorError
-from compositor.files import file_sha256
+from compositor.atomic_files import file_sha256
 from compositor.export.layout import (
     REPORT_FILE,
     TIMING_CACHE_FILE,

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compositor.errors import CompositorError
-from compositor.files import atomic_path
+from compositor.atomic_files import atomic_path
 from compositor.networks.harmonization import MaskedAdaIN, ToneTransform
 from compositor.networks.modnet import MobileNetV2Backbone
 

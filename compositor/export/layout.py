@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from compositor.errors import CompositorError
-from compositor.spec import RESOLUTION_MULTIPLE, Resolution, parse_resolution
+from compositor.contract.spec import RESOLUTION_MULTIPLE, Resolution, parse_resolution
 
 REPORT_FILE = "export_report.json"
 TIMING_CACHE_FILE = "timing.cache"

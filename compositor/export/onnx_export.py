@@ -31,8 +31,8 @@ from onnxscript.optimizer import _constant_folding as constant_folding
 from torch import nn
 
 from compositor.errors import CompositorError
-from compositor import spec
-from compositor.files import atomic_path
+from compositor.contract import spec
+from compositor.atomic_files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def export_fp32(
 
     Args:
         model: module whose ``forward`` takes the spec's inputs of network ``name`` in order.
-        name: network name in ``compositor.spec.NETWORKS``.
+        name: network name in ``compositor.contract.spec.NETWORKS``.
         path: output ``.onnx`` file, written atomically.
         resolution: the deployment's ``spec.Resolution`` (``spec.parse_resolution`` takes the rest):
             the graph is traced at its reference bucket and takes every bucket.

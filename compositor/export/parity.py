@@ -51,7 +51,8 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 from torch import nn
 
-from compositor import imaging, spec
+from compositor import imaging
+from compositor.contract import spec
 from compositor.errors import CompositorError
 from compositor.export.metrics import OutputComparison, compare, error_bounds, psnr_db, with_band_errors  # noqa: F401 - compare: re-exported
 from compositor.onnx_runtime import create_session

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import onnx
 
 from compositor.errors import CompositorError
-from compositor import spec
+from compositor.contract import spec
 from compositor.export.onnx_export import DYNAMIC_AXES, ExportError, check_contract
 from compositor.export.trt_ops import check_operators
 

@@ -6,7 +6,7 @@ inside NVIDIA's TensorRT or Triton containers.
 
 Engines are built and run through Polygraphy's TensorRT loaders (``polygraphy.backend.trt``):
 ``NetworkFromOnnxPath(..., strongly_typed=True)``, ``CreateConfig`` with the profile from
-``compositor.spec.tensorrt_profiles`` and the shared timing cache, ``EngineFromNetwork``,
+``compositor.contract.spec.tensorrt_profiles`` and the shared timing cache, ``EngineFromNetwork``,
 ``SaveEngine``; ``engine_runner`` is a ``TrtRunner``, so checking an engine is the export's parity
 comparison (``compositor.export.parity``) with one more runner, and ``TensorRTForward`` times the
 same runner in the GPU benchmark. Our own code here: the checks that the network's and the engine's
@@ -29,11 +29,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from compositor import spec
+from compositor.contract import spec
 from compositor.errors import CompositorError
 from compositor.export.layout import TIMING_CACHE_FILE
 from compositor.export.metrics import error_bounds
-from compositor.files import atomic_path
+from compositor.atomic_files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compositor.atomic_files import atomic_path
 from compositor.errors import CompositorError
-from compositor.files import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +185,9 @@ class VideoWriter:
         if (self.width, self.height) != (info.width, info.height):
             log.warning("%s: %dx%d (width x height) is padded to %dx%d: yuv420p video needs even sides",
                         self.path, info.width, info.height, self.width, self.height)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
-        os.close(handle)
-        self._temporary = Path(name)
+        # The file is written under a temporary name next to ``path`` and renamed onto it by close().
+        self._target = contextlib.ExitStack()
+        self._temporary = self._target.enter_context(atomic_path(self.path))
         self._closed = False
         self.frames_written = 0
         try:
@@ -282,9 +280,7 @@ class VideoWriter:
             self._copy_audio_until(None)
             self._container.close()
             self._close_audio_input()
-            # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-            os.chmod(self._temporary, 0o666 & ~current_umask())
-            os.replace(self._temporary, self.path)
+            self._target.close()  # atomic_path: into place, with a plain open()'s permissions
         except BaseException:
             self._discard()
             raise
@@ -308,5 +304,6 @@ class VideoWriter:
             except Exception:  # noqa: BLE001 - the file is deleted anyway; the first error is what matters
                 pass
         self._close_audio_input()
-        self._temporary.unlink(missing_ok=True)
+        discarded = VideoError(f"{self.path}: not written")
+        self._target.__exit__(VideoError, discarded, None)  # atomic_path removes the temporary file
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from compositor.spec import CHAIN, CHAIN_INPUTS, NETWORKS
+from compositor.contract.spec import CHAIN, CHAIN_INPUTS, NETWORKS
 
 
 def example_inputs(name: str, size: tuple[int, int], batch: int = 1) -> list[torch.Tensor]:

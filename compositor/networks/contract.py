@@ -1,4 +1,4 @@
-"""Thin wrappers that give each network the tensor contract of ``compositor.spec``.
+"""Thin wrappers that give each network the tensor contract of ``compositor.contract.spec``.
 
 Every network model takes FP32 NCHW images in [0, 1] and returns its named tensors in spec order. The wrappers
 do the per-network normalisation inside the graph, so ONNX, TensorRT, Triton and the eager

@@ -29,7 +29,7 @@ from compositor.networks.defaults import (
 from compositor.networks.harmonization import HarmonizationUNet
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
-from compositor.files import file_sha256
+from compositor.atomic_files import file_sha256
 from compositor.networks.weights import WeightsError, describe_provenance, load_network, read_metadata
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Networks:
     """Where each network's weights came from: a file path, or ``"untrained (seed N)"``."""
     provenance: dict[str, dict] = field(default_factory=dict)
     """Per network: ``{"kind", "file", "sha256", "note"}``, the record that travels with a deployment
-    (``compositor.serving.conventions.PROVENANCE_PARAMETER``; kinds in ``PROVENANCE_KINDS``)."""
+    (``compositor.contract.provenance.PROVENANCE_PARAMETER``; kinds in ``PROVENANCE_KINDS``)."""
 
     def as_dict(self) -> dict[str, nn.Module]:
         return {"matting": self.matting, "blending": self.blending, "harmonization": self.harmonization}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compositor.errors import CompositorError
-from compositor.files import atomic_path
+from compositor.atomic_files import atomic_path
 
 if TYPE_CHECKING:
     from torch import nn

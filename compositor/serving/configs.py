@@ -4,7 +4,7 @@ Every ``config.pbtxt`` starts as a plain dict (field names as in Triton's ``mode
 goes through ``json_format.ParseDict`` into ``model_config_pb2.ModelConfig`` (so an unknown field,
 a wrong enum or a wrongly typed value fails here, at generation time, not when Triton loads it)
 and is written with ``text_format``. Nothing in a config is typed by hand: names, data types and
-shapes come from ``compositor.spec`` (networks and ensembles) and ``compositor.serving.stages``
+shapes come from ``compositor.contract.spec`` (networks and ensembles) and ``compositor.contract.stages``
 (pre/post-processing).
 
 Flavours (how the three networks run; pre/post-processing are Python models in every flavour):
@@ -31,20 +31,17 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import np_to_triton_dtype
 
 from compositor.errors import CompositorError
-from compositor.serving.conventions import (
+from compositor.contract.parameters import (
+    BUCKETS_PARAMETER,
     DEFAULT_INTRA_OP_THREADS,
     DEFAULT_MAX_QUEUE_DELAY_US,
     FLAVORS,
     INTRA_OP_THREADS_PARAMETER,
-    PROVENANCE_FIELDS,
-    PROVENANCE_KINDS,
-    PROVENANCE_PARAMETER,
-    BUCKETS_PARAMETER,
     RESOLUTION_PARAMETER,
-    unknown_provenance,
 )
-from compositor.serving.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
-from compositor.spec import (
+from compositor.contract.provenance import PROVENANCE_FIELDS, PROVENANCE_KINDS, PROVENANCE_PARAMETER, unknown_provenance
+from compositor.contract.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
+from compositor.contract.spec import (
     CHAIN_INPUTS,
     DEFAULT_MAX_BATCH,
     DEFAULT_RESOLUTION,
@@ -244,7 +241,7 @@ def _same_names(names) -> dict[str, str]:
 
 def ensemble_tensor(chain_tensor: str) -> str:
     """The ensemble's name for a chain tensor at network resolution (``alpha`` -> ``network_alpha``):
-    the name ``preprocess`` and ``postprocess`` use for it (``compositor.serving.stages``)."""
+    the name ``preprocess`` and ``postprocess`` use for it (``compositor.contract.stages``)."""
     return f"network_{chain_tensor}"
 
 

@@ -31,19 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compositor.errors import CompositorError
-from compositor.files import atomic_path, write_text
+from compositor.atomic_files import atomic_path, write_text
 from compositor.export.layout import REPORT_FILE, ExportReportError, fp32_file, plan_file, read_report, report_shape
 from compositor.serving.configs import NO_EXPORT_NOTE, RepositoryOptions, RepositoryOptionsError, repository_configs, to_pbtxt
-from compositor.serving.conventions import (
-    MODEL_FILE,
-    PROVENANCE_FIELDS,
-    PROVENANCE_KINDS,
-    PROVENANCE_PARAMETER,
-    VERSION,
-    unknown_provenance,
-)
-from compositor.serving.stages import POSTPROCESS, PREPROCESS
-from compositor.spec import HEIGHT_AXIS, NETWORKS, WIDTH_AXIS, ModelSpec, Resolution, parse_resolution
+from compositor.contract.parameters import MODEL_FILE, VERSION
+from compositor.contract.provenance import PROVENANCE_FIELDS, PROVENANCE_KINDS, PROVENANCE_PARAMETER, unknown_provenance
+from compositor.contract.stages import POSTPROCESS, PREPROCESS
+from compositor.contract.spec import HEIGHT_AXIS, NETWORKS, WIDTH_AXIS, ModelSpec, Resolution, parse_resolution
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Run the Triton server binary from the ``nvidia-pytriton`` wheel on one model repository.
 
-``TritonServer`` starts the binary that ``compositor.serving.installation`` finds, waits until the
+``TritonServer`` starts the binary that ``compositor.serving.triton_binary`` finds, waits until the
 server and all its models are ready (failing within seconds, with the reason read from the log by
 ``compositor.serving.server_log``, when a port is busy or a model does not load), and stops it
 cleanly: the whole process group, the Python-backend stubs and their shared memory included.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from compositor.errors import CompositorError
 from compositor.serving import processes
-from compositor.serving.installation import TritonInstallation, find_installed_triton, find_triton
+from compositor.serving.triton_binary import TritonInstallation, find_installed_triton, find_triton
 from compositor.serving.server_log import LogReader, diagnose_log, log_tail, new_log_path
 
 LOGGER = logging.getLogger(__name__)

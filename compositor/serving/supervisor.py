@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compositor.errors import CompositorError
-from compositor.serving.installation import TritonNotFoundError
+from compositor.serving.triton_binary import TritonNotFoundError
 from compositor.serving.replicas import ReplicaSet
 from compositor.serving.server import ServerStartError, TritonServer
 from compositor.serving.server_log import LogReader

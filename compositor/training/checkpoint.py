@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from compositor.errors import CompositorError
-from compositor.files import atomic_path
+from compositor.atomic_files import atomic_path
 
 FORMAT = "compositor-training-checkpoint/1"
 

@@ -2,7 +2,7 @@
 
 In the ``python`` repository flavour, ``<network>/1/model.py`` imports this class; next to it lies the FP32
 ``model.onnx``. Tensor names and dtypes come from the model's own ``config.pbtxt`` (generated from
-``compositor.spec``), and ``initialize`` checks that the ONNX graph has the same inputs, at the
+``compositor.contract.spec``), and ``initialize`` checks that the ONNX graph has the same inputs, at the
 same network resolution, so a stale or mismatched export fails at load time with a clear message.
 
 Triton's dynamic batcher hands ``execute`` several requests at once; they are concatenated along
@@ -16,7 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from compositor.onnx_runtime import create_session
-from compositor.serving.conventions import INTRA_OP_THREADS_PARAMETER, MODEL_FILE
+from compositor.contract.parameters import INTRA_OP_THREADS_PARAMETER, MODEL_FILE
 from compositor.serving.python_models.error_boundary import error_response
 
 ONNX_FILE = MODEL_FILE["python"]

@@ -7,7 +7,7 @@ the config parameter ``resolution`` (``"512"``: aspect buckets, each request res
 nearest its source's proportions; ``"256x384"``: one fixed size); the ``buckets`` parameter lists
 the sizes that makes, and must agree with it.
 
-One model serves both ensembles (see ``compositor.serving.stages``): a request with ``alpha``
+One model serves both ensembles (see ``compositor.contract.stages``): a request with ``alpha``
 (``composite_with_alpha``) also gets ``network_alpha`` back. Not batched across requests: every
 request has its own frame size. A bad request (RGBA source, matte of the wrong size, a side over
 the limit...) gets an INVALID_ARG error response naming the problem, a bug an INTERNAL one (see
@@ -17,10 +17,10 @@ the limit...) gets an INVALID_ARG error response naming the problem, a bug an IN
 import triton_python_backend_utils as pb_utils
 
 from compositor import imaging
-from compositor.serving.conventions import BUCKETS_PARAMETER, RESOLUTION_PARAMETER
+from compositor.contract.parameters import BUCKETS_PARAMETER, RESOLUTION_PARAMETER
 from compositor.serving.python_models.stage import StageModel
-from compositor.serving.stages import PREPARED_FIELDS
-from compositor.spec import format_buckets, parse_resolution
+from compositor.contract.stages import PREPARED_FIELDS
+from compositor.contract.spec import format_buckets, parse_resolution
 
 
 class TritonPythonModel(StageModel):

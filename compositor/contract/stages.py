@@ -1,6 +1,6 @@
 """Tensor contract of the ensemble's own stages: the ``preprocess`` and ``postprocess`` models.
 
-``compositor.spec`` defines what clients and networks see; this module defines the tensors that
+``compositor.contract.spec`` defines what clients and networks see; this module defines the tensors that
 only travel *inside* the ensembles, between the Python pre/post-processing models and the
 networks. Their names are the parameter names of ``compositor.imaging.preprocess`` and
 ``compositor.imaging.postprocess`` (``network_*`` for the float tensors at network resolution),
@@ -16,7 +16,7 @@ to express one ``if``.
 
 from __future__ import annotations
 
-from compositor.spec import COMPOSITE, COMPOSITE_WITH_ALPHA, ModelSpec, TensorSpec
+from compositor.contract.spec import COMPOSITE, COMPOSITE_WITH_ALPHA, ModelSpec, TensorSpec
 
 
 def _network(name: str, channels: int) -> TensorSpec:

@@ -1,11 +1,12 @@
-"""Where a deployment's weights came from, read from the network models' configs on the server.
+"""The weights' provenance record: where each network's weights came from, and how it travels.
 
-``compositor repository`` writes each network's provenance record (kind, file name, SHA-256, note)
-into its ``config.pbtxt`` as the parameter ``weights_provenance`` (``PROVENANCE_PARAMETER``). The
-client reads it from ``get_model_config(..., as_json=True)`` and warns once per server and process
-when a network is untrained, so a deployment of seeded weights does not pass for a real one.
+The export records it (``export_report.json``, ``weights.provenance``); ``compositor repository``
+writes each network's record (kind, file name, SHA-256, note) into its ``config.pbtxt`` as the
+parameter ``weights_provenance`` (``PROVENANCE_PARAMETER``); the client reads it back from
+``get_model_config(..., as_json=True)`` and warns once per server and process when a network is
+untrained, so a deployment of seeded weights does not pass for a real one.
 
-A light module (json and logging only): no tritonclient, no numpy.
+A light module (json only): no tritonclient, no numpy.
 
 Example:
     >>> config = grpc_client.get_model_config("matting", as_json=True)  # doctest: +SKIP
@@ -16,15 +17,26 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
-import threading
 
-from compositor.serving.conventions import PROVENANCE_FIELDS, PROVENANCE_KINDS, PROVENANCE_PARAMETER, unknown_provenance
+PROVENANCE_PARAMETER = "weights_provenance"
+"""Config parameter of each network model (``matting``, ``blending``, ``harmonization``): where its
+weights came from, as a JSON string ``{"kind", "file", "sha256", "note"}`` (``PROVENANCE_KINDS``).
+The export records it (``export_report.json``, ``weights.provenance``), the repository generator
+copies it into the configs, and the client reads it back to warn about untrained networks."""
 
-log = logging.getLogger("compositor.client")
+PROVENANCE_KINDS = ("trained", "published", "published_checkpoint", "untrained", "unknown")
+"""``trained``: our safetensors file (``weights/``); ``published``: the published MODNet converted by
+set-up (``weights/modnet_photographic_portrait_matting.safetensors``); ``published_checkpoint``: a
+MODNet checkpoint in the published format; ``untrained``: the seeded initialisation; ``unknown``: not recorded (a
+repository generated without an export, or from an export made before provenance was recorded)."""
 
-_warned_urls: set[str] = set()
-_warned_lock = threading.Lock()
+PROVENANCE_FIELDS = ("kind", "file", "sha256", "note")
+"""The fields of a provenance record, in the order they are written."""
+
+
+def unknown_provenance(note: str) -> dict:
+    """A provenance record of kind ``unknown``: nothing is known about the weights but ``note``."""
+    return {"kind": "unknown", "file": None, "sha256": None, "note": note}
 
 
 def provenance_from_config(config: dict) -> dict:
@@ -67,26 +79,3 @@ def summary(provenance_by_network: dict[str, dict]) -> str:
 def untrained_networks(provenance_by_network: dict[str, dict]) -> list[str]:
     """The networks whose record says ``untrained``, in the order given."""
     return [name for name, record in provenance_by_network.items() if (record or {}).get("kind") == "untrained"]
-
-
-def warn_untrained_once(url: str, networks: list[str]) -> None:
-    """Log one WARNING per process and ``url`` naming the untrained ``networks`` (none: nothing).
-
-    Logged on the ``compositor.client`` logger; later calls for the same ``url`` stay silent, so a
-    pool of clients or a long batch job says it once.
-    """
-    if not networks:
-        return
-    with _warned_lock:
-        if url in _warned_urls:
-            return
-        _warned_urls.add(url)
-    log.warning(
-        "the server at %s runs UNTRAINED (seeded) weights for: %s. Its outputs show the plumbing, not the "
-        "quality. Deploy trained weights: export ('compositor export') where set-up obtained the published MODNet "
-        "(scripts/setup.sh) or with its checkpoint (--modnet-checkpoint or MODNET_CHECKPOINT), with the trained "
-        "weights/*.safetensors, then regenerate the "
-        "repository with 'compositor repository --onnx DIR'; its PROVENANCE.md lists what each network runs.",
-        url,
-        ", ".join(networks),
-    )

@@ -18,7 +18,7 @@ from compositor import imaging
 from compositor.export.layout import onnx_file
 from compositor.onnx_runtime import create_session
 from compositor.results import CompositeResult
-from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, Resolution, parse_resolution, run_chain
+from compositor.contract.spec import DEFAULT_RESOLUTION, NETWORKS, Resolution, parse_resolution, run_chain
 
 if TYPE_CHECKING:  # PyTorch is imported by the eager pipeline only: the ONNX Runtime one runs without it
     from compositor.networks.factory import Networks

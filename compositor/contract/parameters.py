@@ -1,7 +1,7 @@
 """What the repository generator, the command line and the Python-backend models agree on.
 
 Config parameter keys, the file names inside a model's version directory, the flavours and the
-defaults. A light module (no imports): the Python-backend models import it inside Triton's stub,
+defaults (the weights' provenance parameter is in ``compositor.contract.provenance``). A light module (no imports): the Python-backend models import it inside Triton's stub,
 and ``compositor repository --help`` reads the defaults, without loading the config generator
 (``compositor.serving.configs``, which needs tritonclient and protobuf).
 """
@@ -34,24 +34,3 @@ VERSION = "1"
 
 MODEL_FILE = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 """File name of a network inside ``<model>/1/`` per flavour (Triton's default model file names)."""
-
-PROVENANCE_PARAMETER = "weights_provenance"
-"""Config parameter of each network model (``matting``, ``blending``, ``harmonization``): where its
-weights came from, as a JSON string ``{"kind", "file", "sha256", "note"}`` (``PROVENANCE_KINDS``).
-The export records it (``export_report.json``, ``weights.provenance``), the repository generator
-copies it into the configs, and the client reads it back to warn about untrained networks."""
-
-PROVENANCE_KINDS = ("trained", "published", "published_checkpoint", "untrained", "unknown")
-"""``trained``: our safetensors file (``weights/``); ``published``: the published MODNet converted by
-set-up (``weights/modnet_photographic_portrait_matting.safetensors``); ``published_checkpoint``: a
-MODNet checkpoint in the published format; ``untrained``: the seeded initialisation; ``unknown``: not recorded (a
-repository generated without an export, or from an export made before provenance was recorded)."""
-
-PROVENANCE_FIELDS = ("kind", "file", "sha256", "note")
-"""The fields of a provenance record, in the order they are written."""
-
-
-def unknown_provenance(note: str) -> dict:
-    """A provenance record of kind ``unknown``: nothing is known about the weights but ``note``."""
-    return {"kind": "unknown", "file": None, "sha256": None, "note": note}
-

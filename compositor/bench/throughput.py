@@ -25,7 +25,7 @@ from compositor.export.layout import fp32_file
 from compositor.networks.contract import contract_models
 from compositor.networks.complexity import complexity_table
 from compositor.networks.factory import Networks
-from compositor.spec import DEFAULT_RESOLUTION, NETWORKS, Resolution, format_resolution, parse_resolution
+from compositor.contract.spec import DEFAULT_RESOLUTION, NETWORKS, Resolution, format_resolution, parse_resolution
 
 log = logging.getLogger(__name__)
 

@@ -39,11 +39,11 @@ import onnxruntime
 import torch
 from torch import nn
 
-from compositor import spec
+from compositor.contract import spec
 from compositor.export import fp16, headroom, parity, readiness, tensorrt
 from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, fp16_file, fp32_file, plan_file, resolution_report
 from compositor.export.onnx_export import export_fp32
-from compositor.files import atomic_path, write_json
+from compositor.atomic_files import atomic_path, write_json
 from compositor.networks.contract import contract_models
 from compositor.networks.factory import Networks
 
