@@ -257,3 +257,14 @@ def test_warn_untrained_once_says_nothing_when_every_network_is_trained(caplog):
     warn_untrained_once("untrained.example:8001", ["blending"])
     warn_untrained_once("untrained.example:8001", ["blending"])
     assert len(_warnings(caplog)) == 1 and "untrained.example:8001" in _warnings(caplog)[0]
+
+
+def test_a_record_has_every_field_in_order_and_a_known_kind():
+    from compositor.contract.provenance import PROVENANCE_FIELDS, as_provenance_record, provenance_record
+
+    record = provenance_record("trained", "blending.safetensors", "ab" * 32, "note")
+    assert tuple(record) == PROVENANCE_FIELDS
+    with pytest.raises(ValueError, match="must be one of trained, published"):
+        provenance_record("borrowed")
+    assert as_provenance_record({"kind": "untrained", "extra": 1}) == {"kind": "untrained", "file": None, "sha256": None, "note": None}
+    assert as_provenance_record({"kind": "borrowed"}) is None and as_provenance_record("trained") is None

@@ -34,9 +34,27 @@ PROVENANCE_FIELDS = ("kind", "file", "sha256", "note")
 """The fields of a provenance record, in the order they are written."""
 
 
+def provenance_record(kind: str, file: str | None = None, sha256: str | None = None, note: str | None = None) -> dict:
+    """A record with every field, in ``PROVENANCE_FIELDS`` order.
+
+    Raises:
+        ValueError: ``kind`` is not one of ``PROVENANCE_KINDS``.
+    """
+    if kind not in PROVENANCE_KINDS:
+        raise ValueError(f"weights provenance kind must be one of {', '.join(PROVENANCE_KINDS)}, not {kind!r}")
+    return {"kind": kind, "file": file, "sha256": sha256, "note": note}
+
+
+def as_provenance_record(value) -> dict | None:
+    """``value``'s fields as a record when it is one (a dict with a known kind), else None."""
+    if not isinstance(value, dict) or value.get("kind") not in PROVENANCE_KINDS:
+        return None
+    return {key: value.get(key) for key in PROVENANCE_FIELDS}
+
+
 def unknown_provenance(note: str) -> dict:
     """A provenance record of kind ``unknown``: nothing is known about the weights but ``note``."""
-    return {"kind": "unknown", "file": None, "sha256": None, "note": note}
+    return provenance_record("unknown", note=note)
 
 
 def provenance_from_config(config: dict) -> dict:
@@ -63,9 +81,10 @@ def provenance_from_config(config: dict) -> dict:
         record = json.loads(text)
     except (TypeError, ValueError) as error:
         return unknown_provenance(f"model {name!r}: unreadable {PROVENANCE_PARAMETER} ({type(error).__name__}: {error})")
-    if not isinstance(record, dict) or record.get("kind") not in PROVENANCE_KINDS:
+    checked = as_provenance_record(record)
+    if checked is None:
         return unknown_provenance(f"model {name!r}: {PROVENANCE_PARAMETER} is not a provenance record: {text[:200]}")
-    return {key: record.get(key) for key in PROVENANCE_FIELDS}
+    return checked
 
 
 def summary(provenance_by_network: dict[str, dict]) -> str:

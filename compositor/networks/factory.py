@@ -30,6 +30,7 @@ from compositor.networks.harmonization import HarmonizationUNet
 from compositor.networks.modnet import MODNet
 from compositor.networks.modnet_checkpoint import load_modnet_checkpoint
 from compositor.atomic_files import file_sha256
+from compositor.contract.provenance import provenance_record
 from compositor.networks.weights import WeightsError, describe_provenance, load_network, read_metadata
 
 log = logging.getLogger(__name__)
@@ -147,18 +148,17 @@ def weights_provenance(name: str, checkpoint: str | Path | None, seed: int, from
         from_environment: the MODNet checkpoint came from ``$MODNET_CHECKPOINT``.
     """
     if checkpoint is None:
-        return {"kind": "untrained", "file": None, "sha256": None,
-                "note": f"seeded initialisation (seed {seed}): outputs show the plumbing, not the quality"}
+        return provenance_record("untrained", note=f"seeded initialisation (seed {seed}): outputs show the plumbing, not the quality")
     path = Path(checkpoint)
     if name == "matting" and path.suffix != ".safetensors":
         published = path.name == PUBLISHED_MODNET_CHECKPOINT_FILE
         where = f"${MODNET_CHECKPOINT_VARIABLE}" if from_environment else "modnet_checkpoint (--modnet-checkpoint)"
         note = f"{'the published MODNet checkpoint' if published else 'a MODNet checkpoint in the published format'}, from {where}"
-        return {"kind": "published_checkpoint", "file": path.name, "sha256": file_sha256(path), "note": note}
+        return provenance_record("published_checkpoint", path.name, file_sha256(path), note)
     recorded = read_metadata(path)["provenance"]
     # The published MODNet converted by set-up says so in its own record; our trained nets do not.
     kind = "published" if recorded.get("kind") == "published" else "trained"
-    return {"kind": kind, "file": path.name, "sha256": file_sha256(path), "note": describe_provenance(recorded)}
+    return provenance_record(kind, path.name, file_sha256(path), describe_provenance(recorded))
 
 
 def load_modnet(path: str | Path) -> MODNet:

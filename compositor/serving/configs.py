@@ -39,7 +39,7 @@ from compositor.contract.parameters import (
     INTRA_OP_THREADS_PARAMETER,
     RESOLUTION_PARAMETER,
 )
-from compositor.contract.provenance import PROVENANCE_FIELDS, PROVENANCE_KINDS, PROVENANCE_PARAMETER, unknown_provenance
+from compositor.contract.provenance import PROVENANCE_KINDS, PROVENANCE_PARAMETER, as_provenance_record, unknown_provenance
 from compositor.contract.stages import OPTIONAL_INPUTS, POSTPROCESS, PREPROCESS
 from compositor.contract.spec import (
     CHAIN_INPUTS,
@@ -161,11 +161,12 @@ def provenance_json(record: dict) -> str:
     Raises:
         RepositoryOptionsError: a kind outside ``PROVENANCE_KINDS``.
     """
-    if record.get("kind") not in PROVENANCE_KINDS:
+    checked = as_provenance_record(record)
+    if checked is None:
         raise RepositoryOptionsError(
             f"weights provenance kind must be one of {', '.join(PROVENANCE_KINDS)}, not {record.get('kind')!r}"
         )
-    return json.dumps({key: record.get(key) for key in PROVENANCE_FIELDS}, separators=(", ", ": "))
+    return json.dumps(checked, separators=(", ", ": "))
 
 
 def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dict | None = None) -> dict:

@@ -35,7 +35,7 @@ from compositor.atomic_files import atomic_path, write_text
 from compositor.export.layout import REPORT_FILE, ExportReportError, fp32_file, plan_file, read_report, report_shape
 from compositor.serving.configs import NO_EXPORT_NOTE, RepositoryOptions, RepositoryOptionsError, repository_configs, to_pbtxt
 from compositor.contract.parameters import MODEL_FILE, VERSION
-from compositor.contract.provenance import PROVENANCE_FIELDS, PROVENANCE_KINDS, PROVENANCE_PARAMETER, unknown_provenance
+from compositor.contract.provenance import PROVENANCE_PARAMETER, as_provenance_record, provenance_record, unknown_provenance
 from compositor.contract.stages import POSTPROCESS, PREPROCESS
 from compositor.contract.spec import HEIGHT_AXIS, NETWORKS, WIDTH_AXIS, ModelSpec, Resolution, parse_resolution
 
@@ -149,12 +149,11 @@ def export_provenance(export_dir: Path) -> dict[str, dict]:
     recorded = weights.get("provenance") or {}
     provenance = {}
     for name in NETWORKS:
-        record = recorded.get(name)
-        if isinstance(record, dict) and record.get("kind") in PROVENANCE_KINDS:
-            provenance[name] = {key: record.get(key) for key in PROVENANCE_FIELDS}
+        record = as_provenance_record(recorded.get(name))
+        if record is not None:
+            provenance[name] = record
         elif name in weights.get("untrained", ()):
-            provenance[name] = {"kind": "untrained", "file": None, "sha256": None,
-                                "note": "seeded initialisation (export report without provenance records)"}
+            provenance[name] = provenance_record("untrained", note="seeded initialisation (export report without provenance records)")
         else:
             source = (weights.get("sources") or {}).get(name, "not recorded")
             provenance[name] = unknown_provenance(f"export report without provenance records; weights from {source}")
