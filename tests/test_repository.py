@@ -32,7 +32,7 @@ from compositor.serving.triton_binary import find_triton
 from compositor.serving.repository import MissingModelFilesError, generate_repository
 from compositor.contract.stages import OPTIONAL_INPUTS, STAGES
 from compositor.export.layout import report_shape
-from compositor.contract.spec import ENSEMBLES, NETWORKS, ModelSpec, fixed_resolution, tensorrt_profiles
+from compositor.contract.spec import DEFAULT_MAX_BATCH, DEFAULT_RESOLUTION, ENSEMBLES, NETWORKS, ModelSpec, fixed_resolution, tensorrt_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -207,9 +207,18 @@ def test_each_flavour_runs_the_networks_on_its_backend(flavor, accelerator, plat
         assert (config.platform, config.backend) == (platform, backend)
         assert config.instance_group[0].kind == getattr(type(config.instance_group[0]), kind)
         accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
-        assert [(a.name, dict(a.parameters)) for a in accelerators] == (
-            [("tensorrt", {"precision_mode": "FP16"})] if accelerator else []
-        )
+        assert [a.name for a in accelerators] == (["tensorrt"] if accelerator else [])
+        if accelerator:
+            parameters = dict(accelerators[0].parameters)
+            # FP32 (no precision_mode), the export's profile, engines and timing cache on the cache volume
+            assert "precision_mode" not in parameters
+            assert parameters["trt_engine_cache_enable"] == "1" and parameters["trt_timing_cache_enable"] == "1"
+            assert parameters["trt_engine_cache_path"] == f"/var/cache/compositor/engines/onnxruntime-trt/{name}"
+            profiles = tensorrt_profiles(NETWORKS[name], DEFAULT_RESOLUTION, DEFAULT_MAX_BATCH)
+            first = next(iter(profiles))
+            assert parameters["trt_profile_min_shapes"].startswith(f"{first}:1x")
+            assert parameters["trt_profile_max_shapes"].split(",")[0] == f"{first}:{'x'.join(map(str, profiles[first].max))}"
+            assert [entry.split(":")[0] for entry in parameters["trt_profile_opt_shapes"].split(",")] == list(profiles)
     for stage in ("preprocess", "postprocess"):
         assert to_model_config(configs[stage]).backend == "python"
         group = to_model_config(configs[stage]).instance_group[0]

@@ -28,7 +28,7 @@ from pathlib import Path
 from compositor.cli import subcommand_parser
 from compositor.cli.options import non_negative_int, positive_int, resolution_argument
 from compositor.contract import provenance as weights_provenance
-from compositor.contract.parameters import DEFAULT_INTRA_OP_THREADS, DEFAULT_MAX_QUEUE_DELAY_US, FLAVORS
+from compositor.contract.parameters import DEFAULT_INTRA_OP_THREADS, DEFAULT_MAX_QUEUE_DELAY_US, DEFAULT_TRT_ACCELERATOR_CACHE, FLAVORS
 from compositor.contract.spec import DEFAULT_MAX_BATCH, DEFAULT_RESOLUTION, format_resolution
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,11 @@ def register(subparsers) -> None:
     parser.add_argument("--intra-op-threads", type=non_negative_int, default=DEFAULT_INTRA_OP_THREADS, metavar="T",
                         help=f"ONNX Runtime intra-op threads per network instance on CPU, 0 = all cores (default {DEFAULT_INTRA_OP_THREADS})")
     parser.add_argument("--trt-accelerator", action="store_true",
-                        help="onnxruntime flavour: run on GPU with the TensorRT execution accelerator in FP16")
+                        help="onnxruntime flavour: run on GPU with the TensorRT execution accelerator (FP32, the "
+                             "export's profile, engines cached in --trt-cache)")
+    parser.add_argument("--trt-cache", default=DEFAULT_TRT_ACCELERATOR_CACHE, metavar="DIR",
+                        help=f"with --trt-accelerator: where the server keeps its engines, one folder per network "
+                             f"(default {DEFAULT_TRT_ACCELERATOR_CACHE}, on the GPU image's cache volume)")
     parser.add_argument("--configs-only", action="store_true",
                         help="write configs and Python models even when network files are missing")
     parser.set_defaults(handler=run)
@@ -77,6 +81,7 @@ def run(args) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         intra_op_threads=args.intra_op_threads,
         trt_accelerator=args.trt_accelerator,
+        trt_cache_dir=args.trt_cache,
     )
     result = generate_repository(args.out, options, export_dir=args.onnx, configs_only=args.configs_only)
     print(f"{result.root}: {', '.join(result.models)} ({options.flavor} flavour, "

@@ -34,3 +34,8 @@ VERSION = "1"
 
 MODEL_FILE = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 """File name of a network inside ``<model>/1/`` per flavour (Triton's default model file names)."""
+
+DEFAULT_TRT_ACCELERATOR_CACHE = "/var/cache/compositor/engines/onnxruntime-trt"
+"""Where the ONNX Runtime flavour's TensorRT accelerator keeps its engines (one folder per network):
+inside the GPU image's engine-cache volume, so a restarted or rescheduled pod reuses them instead of
+building them again after the server reported ready."""

@@ -384,6 +384,12 @@ def optimal_batch(max_batch: int) -> int:
     return max(1, min(max_batch, 4))
 
 
+def profile_shapes(profiles: dict[str, Profile], which: str) -> str:
+    """``which`` (``min``, ``opt`` or ``max``) of every input as trtexec and ONNX Runtime's TensorRT
+    provider spell it: ``name:1x3x512x512,other:1x1x512x512``."""
+    return ",".join(f"{name}:{'x'.join(str(d) for d in getattr(profile, which))}" for name, profile in profiles.items())
+
+
 def tensorrt_profiles(
     model: ModelSpec, resolution: Resolution | str | int | tuple[int, int], max_batch: int = DEFAULT_MAX_BATCH
 ) -> dict[str, Profile]:

@@ -104,7 +104,7 @@ def _shape(shape: tuple[int, ...], separator: str) -> str:
 
 
 def _shapes(profiles: Mapping[str, spec.Profile], which: str) -> str:
-    return ",".join(f"{name}:{_shape(getattr(p, which), 'x')}" for name, p in profiles.items())
+    return spec.profile_shapes(dict(profiles), which)
 
 
 def trtexec_command(

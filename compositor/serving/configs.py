@@ -12,7 +12,8 @@ Flavours (how the three networks run; pre/post-processing are Python models in e
 * ``python``: Python-backend models running ONNX Runtime on the FP32 ONNX; the embedded default,
   served by the CPU Triton in the ``nvidia-pytriton`` wheel (which has only the Python backend).
 * ``onnxruntime``: Triton's ``onnxruntime_onnx`` platform on the FP32 ONNX; on CPU by default, or
-  on GPU with the TensorRT execution accelerator in FP16 (``trt_accelerator``).
+  on GPU with the TensorRT execution accelerator in FP32, with the export's profile and an engine
+  cache (``trt_accelerator``).
 * ``tensorrt``: ``tensorrt_plan`` FP16 engines (strongly typed, FP32 I/O) on GPU; production.
 
 Each network's config carries where its weights came from (``PROVENANCE_PARAMETER``, a JSON
@@ -34,6 +35,7 @@ from compositor.errors import CompositorError
 from compositor.contract.parameters import (
     BUCKETS_PARAMETER,
     DEFAULT_INTRA_OP_THREADS,
+    DEFAULT_TRT_ACCELERATOR_CACHE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     FLAVORS,
     INTRA_OP_THREADS_PARAMETER,
@@ -53,6 +55,8 @@ from compositor.contract.spec import (
     chain_steps,
     format_buckets,
     parse_resolution,
+    profile_shapes,
+    tensorrt_profiles,
 )
 
 
@@ -72,7 +76,11 @@ class RepositoryOptions:
         instances: instances of every model (``instance_group.count``).
         max_queue_delay_us: dynamic-batcher queue delay of the network models, microseconds.
         intra_op_threads: ONNX Runtime intra-op threads per instance (CPU flavours).
-        trt_accelerator: ``onnxruntime`` only: run on GPU with TensorRT in FP16.
+        trt_accelerator: ``onnxruntime`` only: run on GPU with ONNX Runtime's TensorRT execution
+            accelerator, in FP32 (its own FP16 would keep nothing of our FP32 statistics), with the
+            export's optimisation profile (every bucket, batch 1 to ``max_batch``) and its engines
+            cached in ``trt_cache_dir`` (one folder per network).
+        trt_cache_dir: where the accelerator keeps its engines (``DEFAULT_TRT_ACCELERATOR_CACHE``).
     """
 
     flavor: str = "python"
@@ -82,6 +90,7 @@ class RepositoryOptions:
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
     intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
     trt_accelerator: bool = False
+    trt_cache_dir: str = DEFAULT_TRT_ACCELERATOR_CACHE
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
@@ -192,11 +201,7 @@ def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dic
     config["dynamic_batching"] = {"max_queue_delay_microseconds": options.max_queue_delay_us}
     if options.trt_accelerator:
         config["optimization"] = {
-            "execution_accelerators": {
-                "gpu_execution_accelerator": [
-                    {"name": "tensorrt", "parameters": {"precision_mode": "FP16"}},
-                ]
-            }
+            "execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": trt_accelerator_parameters(model, options)}]}
         }
     parameters = {}
     if options.flavor in ("python", "onnxruntime") and not options.trt_accelerator:
@@ -204,6 +209,29 @@ def network_config(model: ModelSpec, options: RepositoryOptions, provenance: dic
     parameters[PROVENANCE_PARAMETER] = provenance_json(provenance if provenance is not None else unknown_provenance(NO_EXPORT_NOTE))
     config["parameters"] = _parameters(parameters)
     return config
+
+
+def trt_accelerator_parameters(model: ModelSpec, options: RepositoryOptions) -> dict[str, str]:
+    """Parameters of the TensorRT execution accelerator (keys of Triton's onnxruntime backend, which
+    maps them onto ONNX Runtime's ``trt_*`` provider options).
+
+    * The optimisation profile of the export (``tensorrt_profiles``): without one the provider
+      builds an engine for each new input shape it meets, after the server has reported ready.
+    * An engine cache on the cache volume: without one every start builds them again.
+    * No ``precision_mode``: FP32. The provider's FP16 lets TensorRT choose a precision per layer
+      and keeps nothing of the FP32 statistics our FP16 export holds on to (their sums overflow
+      FP16); the ``tensorrt`` flavour runs our FP16 engines instead.
+    """
+    profiles = tensorrt_profiles(model, options.resolution, options.max_batch)
+    return {
+        "trt_profile_min_shapes": profile_shapes(profiles, "min"),
+        "trt_profile_opt_shapes": profile_shapes(profiles, "opt"),
+        "trt_profile_max_shapes": profile_shapes(profiles, "max"),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"{options.trt_cache_dir.rstrip('/')}/{model.name}",
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": f"{options.trt_cache_dir.rstrip('/')}/{model.name}",
+    }
 
 
 def preprocess_config(options: RepositoryOptions) -> dict:
