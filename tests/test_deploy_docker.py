@@ -182,7 +182,8 @@ def test_the_gpu_entry_point_runs_the_images_triton_through_compositor_serve():
     assert '--repository "$repository"' in text and "--print-log" in text
     commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     assert not any(line.lstrip().startswith(("tritonserver", "exec tritonserver")) for line in commands)
-    assert 'compositor engines --onnx "$export_dir" --cache "$cache"' in text
+    assert 'compositor engines --onnx "$export_dir" --cache "$cache" --path-file /tmp/compositor/engines.path 2>&1' in text
+    assert "tail -n" not in text  # the build log is never cut to its last line
     assert 'compositor repository --onnx "$engines" --flavor tensorrt' in text
     assert "cache=${COMPOSITOR_ENGINE_CACHE:-/var/cache/compositor/engines}" in text
 
@@ -364,3 +365,45 @@ def test_the_cpu_image_builds_runs_as_10001_and_composites_like_the_local_server
     finally:
         podman("rm", "--force", container, check=False)
         podman("rmi", "--force", image, check=False)
+
+
+@pytest.mark.slow
+def test_the_gpu_entry_point_shows_the_whole_engine_build_output_and_keeps_it_in_the_cache(small_export, tmp_path):
+    """The entry point's engine step, run for real up to where this machine stops it: `compositor
+    engines` finds no TensorRT (exit 3), and its message reaches stderr and the cache's build log;
+    the container ends with that status instead of serving without engines."""
+    cache = tmp_path / "cache"
+    environment = {**os.environ, "COMPOSITOR_EXPORT": str(small_export.directory), "COMPOSITOR_ENGINE_CACHE": str(cache),
+                   "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(ENTRYPOINTS["gpu"])], capture_output=True, text=True, env=environment, timeout=300)
+    assert run.returncode == 3, run.stderr[-2000:]
+    assert "no TensorRT engine was built" in run.stderr
+    (log,) = cache.glob("engines-build-*.log")
+    assert "no TensorRT engine was built" in log.read_text()
+    assert "compositor serve" not in run.stderr and run.stdout == ""
+
+
+def test_the_gpu_images_tensorrt_module_is_the_bindings_package_under_its_own_name(tmp_path):
+    """deploy/docker/tensorrt_frontend over a stand-in tensorrt_bindings (the real one needs CUDA):
+    `import tensorrt` gives the bindings module itself, which the export's TensorRT check accepts."""
+    standin = tmp_path / "tensorrt_bindings"
+    standin.mkdir()
+    (standin / "__init__.py").write_text(
+        "__version__ = '10.5.0'\n"
+        "class NetworkDefinitionCreationFlag:\n    STRONGLY_TYPED = 1\n"
+        "class Builder:\n    pass\n"
+    )
+    code = (
+        "import tensorrt, tensorrt_bindings\n"
+        "assert tensorrt is tensorrt_bindings and tensorrt.Builder is tensorrt_bindings.Builder\n"
+        "from compositor.export.tensorrt import import_tensorrt\n"
+        "print(import_tensorrt().__version__)\n"
+    )
+    paths = [str(tmp_path), str(DOCKER / "tensorrt_frontend"), os.environ.get("PYTHONPATH", "")]
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "10.5.0"
+    dockerfile = DOCKERFILES["gpu"].read_text()
+    assert "COPY deploy/docker/tensorrt_frontend/tensorrt /tmp/tensorrt_frontend/tensorrt" in dockerfile
+    assert "python3 -c \"import tensorrt, polygraphy.backend.trt;" in dockerfile  # the build fails without them

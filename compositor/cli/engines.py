@@ -8,7 +8,7 @@ named after the GPU, its compute capability and the TensorRT version, e.g.
 is reused at once; otherwise the engines are built into a temporary folder that is renamed into
 place when complete (engines.json, the manifest, is written last), so a killed build never leaves
 a half cache. The folder gets a copy of export_report.json and is an export folder for the
-tensorrt flavour. The folder's path is the last line printed.
+tensorrt flavour. The folder's path is the last line printed (and written to --path-file).
 
 What the GPU image runs when it starts (deploy/docker/); it needs TensorRT >= 10 and a GPU.
 
@@ -18,7 +18,8 @@ ONNX) or a failed build (nothing is left in the cache); 3 TensorRT or a GPU is m
 
 Example:
   compositor engines --onnx exported --cache /var/cache/compositor/engines
-  compositor repository --onnx "$(compositor engines --onnx exported --cache engines | tail -n 1)" --flavor tensorrt --out trt_repo
+  compositor engines --onnx exported --cache engines --path-file engines.path 2>&1 | tee build.log
+  compositor repository --onnx "$(cat engines.path)" --flavor tensorrt --out trt_repo
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
                         help="export folder with <name>.fp16.onnx and export_report.json")
     parser.add_argument("--cache", type=Path, metavar="DIR",
                         help="engine cache root (default $COMPOSITOR_ENGINE_CACHE, else /var/cache/compositor/engines)")
+    parser.add_argument("--path-file", type=Path, metavar="FILE",
+                        help="also write the engines' folder to FILE (atomically, only on success), so a script "
+                             "can keep the build's whole output on its terminal or log")
     parser.set_defaults(handler=run)
 
 
@@ -67,4 +71,8 @@ def run(args) -> int:
     print(f"engines {verb} for {gpu.name} (sm {gpu.compute_capability[0]}.{gpu.compute_capability[1]}), "
           f"TensorRT {trt.__version__}:")
     print(result.folder)
+    if args.path_file is not None:
+        from compositor.atomic_files import write_text
+
+        write_text(args.path_file, f"{result.folder}\n")
     return 0

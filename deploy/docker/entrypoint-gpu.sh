@@ -15,9 +15,16 @@ cache=${COMPOSITOR_ENGINE_CACHE:-/var/cache/compositor/engines}
 repository=${COMPOSITOR_REPOSITORY:-/tmp/compositor/model_repository}
 instances=${COMPOSITOR_INSTANCES:-1}
 
-# The last line `compositor engines` prints is the cache folder; a failure (exit 2, or 3 without a
-# GPU or TensorRT) ends the container with the reason on stderr.
-engines=$(compositor engines --onnx "$export_dir" --cache "$cache" | tail -n 1)
+# The whole engine build log (Polygraphy prints TensorRT's parser and builder messages to stdout)
+# goes to stderr, where `docker logs` / `kubectl logs` show it, and into the cache folder; the
+# folder of ready engines comes back through --path-file. A failure (exit 2, or 3 without a GPU or
+# TensorRT) ends the container (set -o pipefail keeps its status through tee).
+mkdir -p "$cache" /tmp/compositor
+rm -f /tmp/compositor/engines.path  # a container restarted in the same pod keeps /tmp
+build_log="$cache/engines-build-$(date -u +%Y%m%dT%H%M%SZ).log"
+compositor engines --onnx "$export_dir" --cache "$cache" --path-file /tmp/compositor/engines.path 2>&1 \
+  | tee -a "$build_log" >&2
+engines=$(cat /tmp/compositor/engines.path)
 compositor repository --onnx "$engines" --flavor tensorrt --instances "$instances" --out "$repository"
 
 exec compositor serve \
