@@ -407,3 +407,13 @@ def test_the_gpu_images_tensorrt_module_is_the_bindings_package_under_its_own_na
     dockerfile = DOCKERFILES["gpu"].read_text()
     assert "COPY deploy/docker/tensorrt_frontend/tensorrt /tmp/tensorrt_frontend/tensorrt" in dockerfile
     assert "python3 -c \"import tensorrt, polygraphy.backend.trt;" in dockerfile  # the build fails without them
+
+
+def test_the_gpu_entry_point_sizes_the_cuda_memory_pool_and_the_cpu_stages():
+    text = ENTRYPOINTS["gpu"].read_text()
+    assert '--triton-arg="--cuda-memory-pool-byte-size=0:$cuda_pool"' in text
+    assert "cuda_pool=${COMPOSITOR_CUDA_MEMORY_POOL_BYTES:-1073741824}" in text
+    # 1 GiB holds the hand-offs of a batch of 8 at the widest bucket several times over
+    assert 1073741824 > 5 * 8 * 3 * 512 * 896 * 4
+    assert '--triton-arg="--pinned-memory-pool-byte-size=$pinned_pool"' in text
+    assert '${stage_instances:+--stage-instances "$stage_instances"}' in text

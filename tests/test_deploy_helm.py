@@ -163,7 +163,7 @@ def test_every_rendered_manifest_is_valid_for_kubernetes(manifests, name, versio
 def test_each_value_set_renders_the_expected_objects(manifests):
     kinds = {name: sorted(doc["kind"] for doc in docs) for name, docs in manifests.items()}
     assert kinds["cpu"] == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
-    assert kinds["gpu"] == kinds["cpu"]
+    assert kinds["gpu"] == sorted(kinds["cpu"] + ["PersistentVolumeClaim"])  # the engine cache persists
     assert kinds["cpu-fixed-replicas"] == ["Deployment", "PodDisruptionBudget", "Service"]
     assert kinds["gpu-pvc-headless-servicemonitor"] == [
         "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "Service", "ServiceMonitor"]
@@ -223,14 +223,21 @@ def test_only_gpu_values_request_a_gpu_and_mount_the_engine_cache(manifests, nam
     assert any(t["key"] == "nvidia.com/gpu" for t in tolerations) == gpu
 
 
-def test_the_engine_cache_is_an_empty_dir_unless_a_claim_is_given(manifests):
+def test_the_gpu_engine_cache_is_a_claim_the_chart_makes_unless_one_is_given(manifests):
     def cache_volume(name):
         volumes = one(manifests[name], "Deployment")["spec"]["template"]["spec"]["volumes"]
         return next(volume for volume in volumes if volume["name"] == "engine-cache")
 
-    assert "emptyDir" in cache_volume("gpu")
+    made = one(manifests["gpu"], "PersistentVolumeClaim")
+    assert cache_volume("gpu")["persistentVolumeClaim"] == {"claimName": made["metadata"]["name"]}
+    assert made["spec"]["accessModes"] == ["ReadWriteMany"] and made["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert made["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # uninstall keeps the engines
     claim = cache_volume("gpu-pvc-headless-servicemonitor")["persistentVolumeClaim"]
     assert claim == {"claimName": "compositor-engines"}
+    assert not [doc for doc in manifests["gpu-pvc-headless-servicemonitor"] if doc["kind"] == "PersistentVolumeClaim"]
+    without = render(merged(gpu_values(), {"engineCache": {"claim": {"create": False}}}))
+    volume = next(v for v in one(without, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "engine-cache")
+    assert "emptyDir" in volume
 
 
 def test_the_hpa_asks_for_the_metric_the_prometheus_adapter_rule_produces(manifests):

@@ -23,6 +23,7 @@ from compositor.cli import main
 from compositor.serving.configs import (
     ConfigSchemaError,
     RepositoryOptions,
+    RepositoryOptionsError,
     ensemble_steps,
     repository_configs,
     to_model_config,
@@ -402,3 +403,21 @@ def test_tensorrt_configs_accept_exactly_what_the_spec_engine_profiles_accept(ma
             config.max_batch_size,
             options.resolution,
         )
+
+
+def test_the_cpu_stages_get_their_own_instance_count_and_half_the_cores_on_gpu_by_default():
+    from compositor.cli import build_parser
+    from compositor.cli.repository import _default_stage_instances
+
+    configs = repository_configs(RepositoryOptions(flavor="tensorrt", instances=2, stage_instances=6))
+    assert [configs[m]["instance_group"][0]["count"] for m in ("preprocess", "postprocess")] == [6, 6]
+    assert {configs[name]["instance_group"][0]["count"] for name in NETWORKS} == {2}
+    assert RepositoryOptions(instances=3).stage_instances == 3  # unset: the networks' count
+    with pytest.raises(RepositoryOptionsError, match="stage_instances must be >= 1"):
+        RepositoryOptions(stage_instances=0)
+    parser = build_parser()
+    cores = len(os.sched_getaffinity(0))
+    gpu = parser.parse_args(["repository", "--out", "r", "--flavor", "tensorrt"])
+    assert _default_stage_instances(gpu) == max(1, cores // 2)
+    cpu = parser.parse_args(["repository", "--out", "r", "--instances", "3"])
+    assert _default_stage_instances(cpu) == 3

@@ -40,7 +40,10 @@ def register(subparsers) -> None:
                         help="export directory with <name>.onnx / <name>.plan and export_report.json")
     parser.add_argument("--out", type=Path, default=Path("model_repository"), help="repository directory (default model_repository)")
     parser.add_argument("--flavor", choices=FLAVORS, default="python", help="how the networks run (default python)")
-    parser.add_argument("--instances", type=positive_int, default=1, metavar="N", help="instances per model (default 1)")
+    parser.add_argument("--instances", type=positive_int, default=1, metavar="N", help="instances per network model (default 1)")
+    parser.add_argument("--stage-instances", type=positive_int, metavar="N",
+                        help="instances of preprocess and postprocess, which run on the CPU (default: --instances on "
+                             "CPU flavours; half this machine's cores for the GPU ones, so the CPU stages keep the GPU busy)")
     parser.add_argument("--resolution", type=resolution_argument, metavar="N|HxW",
                         help="network resolution, multiples of 32 (default: the export's with --onnx, else "
                              f"{format_resolution(DEFAULT_RESOLUTION)})")
@@ -78,6 +81,7 @@ def run(args) -> int:
         resolution=resolution,
         max_batch=max_batch,
         instances=args.instances,
+        stage_instances=args.stage_instances or _default_stage_instances(args),
         max_queue_delay_us=args.max_queue_delay_us,
         intra_op_threads=args.intra_op_threads,
         trt_accelerator=args.trt_accelerator,
@@ -95,3 +99,12 @@ def run(args) -> int:
         for path in result.model_files_missing:
             print(f"  {path}")
     return 0
+
+
+def _default_stage_instances(args) -> int:
+    """``--instances`` on CPU flavours; half the cores this process may use for the GPU ones."""
+    if args.flavor != "tensorrt" and not args.trt_accelerator:
+        return args.instances
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)) // 2)

@@ -73,7 +73,12 @@ class RepositoryOptions:
         resolution: the network resolution (``spec.Resolution``: aspect buckets or one fixed size;
             ``spec.parse_resolution`` takes ``512`` or ``"256x384"``); must match the export's.
         max_batch: ``max_batch_size`` of every model (the ensembles accept batches up to it too).
-        instances: instances of every model (``instance_group.count``).
+        instances: instances of each network model (``instance_group.count``).
+        stage_instances: instances of ``preprocess`` and ``postprocess`` (None: ``instances``). They
+            run on the CPU, one request at a time each: on a GPU server one instance of each caps
+            throughput while the GPU idles, so give them about half the cores (``compositor
+            repository`` does for the GPU flavours); the networks' dynamic batcher then sees
+            several requests at once and forms batches.
         max_queue_delay_us: dynamic-batcher queue delay of the network models, microseconds.
         intra_op_threads: ONNX Runtime intra-op threads per instance (CPU flavours).
         trt_accelerator: ``onnxruntime`` only: run on GPU with ONNX Runtime's TensorRT execution
@@ -87,6 +92,7 @@ class RepositoryOptions:
     resolution: Resolution = DEFAULT_RESOLUTION
     max_batch: int = DEFAULT_MAX_BATCH
     instances: int = 1
+    stage_instances: int | None = None
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
     intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
     trt_accelerator: bool = False
@@ -96,7 +102,9 @@ class RepositoryOptions:
         if self.flavor not in FLAVORS:
             raise RepositoryOptionsError(f"flavor must be one of {', '.join(FLAVORS)}, not {self.flavor!r}")
         object.__setattr__(self, "resolution", parse_resolution(self.resolution))
-        for name in ("max_batch", "instances"):
+        if self.stage_instances is None:
+            object.__setattr__(self, "stage_instances", self.instances)
+        for name in ("max_batch", "instances", "stage_instances"):
             if getattr(self, name) < 1:
                 raise RepositoryOptionsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_delay_us < 0:
@@ -151,8 +159,9 @@ def _parameters(values: dict[str, str]) -> dict:
     return {key: {"string_value": value} for key, value in values.items()}
 
 
-def _instances(options: RepositoryOptions, gpu: bool) -> list[dict]:
-    return [{"count": options.instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}]
+def _instances(options: RepositoryOptions, gpu: bool, stage: bool = False) -> list[dict]:
+    count = options.stage_instances if stage else options.instances
+    return [{"count": count, "kind": "KIND_GPU" if gpu else "KIND_CPU"}]
 
 
 # --- The models ---------------------------------------------------------------------------------
@@ -244,7 +253,7 @@ def preprocess_config(options: RepositoryOptions) -> dict:
     """
     config = {"name": PREPROCESS.name, "backend": "python", "max_batch_size": options.max_batch}
     config.update(_signature(PREPROCESS))
-    config["instance_group"] = _instances(options, gpu=False)
+    config["instance_group"] = _instances(options, gpu=False, stage=True)
     config["parameters"] = _parameters(
         {RESOLUTION_PARAMETER: str(options.resolution), BUCKETS_PARAMETER: format_buckets(options.resolution)}
     )
@@ -255,7 +264,7 @@ def postprocess_config(options: RepositoryOptions) -> dict:
     """Config of the ``postprocess`` Python model (not batched across requests, as ``preprocess``)."""
     config = {"name": POSTPROCESS.name, "backend": "python", "max_batch_size": options.max_batch}
     config.update(_signature(POSTPROCESS))
-    config["instance_group"] = _instances(options, gpu=False)
+    config["instance_group"] = _instances(options, gpu=False, stage=True)
     return config
 
 

@@ -14,6 +14,15 @@ export_dir=${COMPOSITOR_EXPORT:-/opt/compositor/export}
 cache=${COMPOSITOR_ENGINE_CACHE:-/var/cache/compositor/engines}
 repository=${COMPOSITOR_REPOSITORY:-/tmp/compositor/model_repository}
 instances=${COMPOSITOR_INSTANCES:-1}
+# preprocess/postprocess instances (CPU): empty = half the cores (compositor repository's default for
+# the GPU flavours), so the CPU stages keep the GPU's batcher fed.
+stage_instances=${COMPOSITOR_STAGE_INSTANCES:-}
+# Triton's CUDA memory pool holds the tensors handed between the engines of the ensemble; its
+# default (64 MB) overflows at batch 8 of the widest bucket (each 3-channel FP32 tensor of 8x512x896
+# is 44 MB), and then every hand-off goes through host memory. The pinned pool stages the copies to
+# and from the CPU stages.
+cuda_pool=${COMPOSITOR_CUDA_MEMORY_POOL_BYTES:-1073741824}
+pinned_pool=${COMPOSITOR_PINNED_MEMORY_POOL_BYTES:-536870912}
 
 # The whole engine build log (Polygraphy prints TensorRT's parser and builder messages to stdout)
 # goes to stderr, where `docker logs` / `kubectl logs` show it, and into the cache folder; the
@@ -25,7 +34,8 @@ build_log="$cache/engines-build-$(date -u +%Y%m%dT%H%M%SZ).log"
 compositor engines --onnx "$export_dir" --cache "$cache" --path-file /tmp/compositor/engines.path 2>&1 \
   | tee -a "$build_log" >&2
 engines=$(cat /tmp/compositor/engines.path)
-compositor repository --onnx "$engines" --flavor tensorrt --instances "$instances" --out "$repository"
+compositor repository --onnx "$engines" --flavor tensorrt --instances "$instances" \
+  ${stage_instances:+--stage-instances "$stage_instances"} --out "$repository"
 
 exec compositor serve \
   --host 0.0.0.0 \
@@ -35,4 +45,6 @@ exec compositor serve \
   --grpc-port "${COMPOSITOR_GRPC_PORT:-8001}" \
   --metrics-port "${COMPOSITOR_METRICS_PORT:-8002}" \
   --log-file "${COMPOSITOR_LOG_FILE:-/tmp/compositor-triton.log}" --print-log \
+  --triton-arg="--cuda-memory-pool-byte-size=0:$cuda_pool" \
+  --triton-arg="--pinned-memory-pool-byte-size=$pinned_pool" \
   "$@"
