@@ -8,6 +8,7 @@ repository generated from a cache folder and the command's behaviour without Ten
 from __future__ import annotations
 
 import ctypes.util
+import hashlib
 import json
 import subprocess
 import sys
@@ -25,13 +26,23 @@ from compositor.export.layout import REPORT_FILE, fp16_file, plan_file
 from compositor.export.tensorrt import EngineBuildError, is_available as tensorrt_is_available
 
 H100 = GpuFacts("NVIDIA H100 80GB HBM3", (9, 0))
-KEY = "NVIDIA-H100-80GB-HBM3_sm90_trt10.5.0"
+BARE_KEY = "NVIDIA-H100-80GB-HBM3_sm90_trt10.5.0"
+
+
+def recipe_digest(resolution=(64, 64), max_batch=4) -> str:
+    """SHA-256 of the recipe as canonical JSON, hashed here (not by the code under test)."""
+    recipe = engine_cache.build_recipe(spec.parse_resolution(f"{resolution[0]}x{resolution[1]}"), max_batch)
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+KEY = f"{BARE_KEY}_r{recipe_digest()[:8]}"
+"""The folder of make_export's engines on an H100 with TensorRT 10.5.0."""
 
 
 @pytest.mark.parametrize(
     ("name", "capability", "version", "key"),
     [
-        ("NVIDIA H100 80GB HBM3", (9, 0), "10.5.0", KEY),
+        ("NVIDIA H100 80GB HBM3", (9, 0), "10.5.0", BARE_KEY),
         ("NVIDIA GeForce RTX 4090", (8, 9), "10.5.0.18", "NVIDIA-GeForce-RTX-4090_sm89_trt10.5.0.18"),
         ("NVIDIA A100-SXM4-40GB", (8, 0), "10.5.0", "NVIDIA-A100-SXM4-40GB_sm80_trt10.5.0"),
         ("NVIDIA B200", (10, 0), "10.9.0", "NVIDIA-B200_sm100_trt10.9.0"),
@@ -123,8 +134,8 @@ def test_a_build_publishes_every_plan_the_report_and_the_manifest_in_one_folder(
     manifest = json.loads((result.folder / engine_cache.MANIFEST_FILE).read_text())
     assert manifest == result.manifest
     assert manifest["key"] == KEY and manifest["tensorrt_version"] == "10.5.0"
-    assert manifest["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0]}
-    assert manifest["source"] == source_fingerprint(export)
+    assert manifest["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0], "multiprocessors": None, "memory_bytes": None}
+    assert manifest["source"] == source_fingerprint(export) and manifest["recipe_sha256"] == recipe_digest()
     assert (manifest["resolution"], manifest["max_batch"]) == ([64, 64], 4)
     # The spec's profiles reached the builder: batch 1..max_batch at the export's resolution.
     matting_plan = (result.folder / plan_file("matting")).read_text()
@@ -149,7 +160,7 @@ def test_another_gpu_model_or_tensorrt_version_gets_its_own_folder(tmp_path):
     l4 = ensure_engines(export, root, GpuFacts("NVIDIA L4", (8, 9)), "10.5.0", build=lambda *a: _plan(*a))
     newer = ensure_engines(export, root, H100, "10.6.0", build=lambda *a: _plan(*a))
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == sorted(
-        [KEY, "NVIDIA-L4_sm89_trt10.5.0", "NVIDIA-H100-80GB-HBM3_sm90_trt10.6.0"]
+        [KEY, f"NVIDIA-L4_sm89_trt10.5.0_r{recipe_digest()[:8]}", f"NVIDIA-H100-80GB-HBM3_sm90_trt10.6.0_r{recipe_digest()[:8]}"]
     )
     assert not l4.reused and not newer.reused
 
@@ -304,3 +315,39 @@ def test_importing_the_engine_cache_imports_neither_torch_nor_onnx_nor_tensorrt(
 def test_without_a_cuda_driver_the_gpu_query_says_so():
     with pytest.raises(engine_cache.GpuUnavailableError, match="libcuda.so.1 cannot be loaded"):
         engine_cache.query_gpu()
+
+
+def test_the_key_tells_a_mig_slice_from_its_whole_gpu_and_one_recipe_from_another(tmp_path):
+    whole = GpuFacts("NVIDIA H100 80GB HBM3", (9, 0), 132, 80 * 2**30)
+    mig = GpuFacts("NVIDIA H100 80GB HBM3", (9, 0), 16, 10 * 2**30)  # 1g.10gb reports the parent's name
+    assert whole.slice_label() == "132SM-80GB" and mig.slice_label() == "16SM-10GB"
+    assert engine_cache_key(mig.name, mig.compute_capability, "10.5.0", mig.slice_label(), "ab" * 32) == \
+        "NVIDIA-H100-80GB-HBM3_sm90_16SM-10GB_trt10.5.0_rabababab"
+    export, root = make_export(tmp_path / "export"), tmp_path / "cache"
+    first = ensure_engines(export, root, whole, "10.5.0", build=_plan)
+    on_mig = ensure_engines(export, root, mig, "10.5.0", build=_plan)
+    assert first.folder != on_mig.folder and not on_mig.reused
+    # Another recipe (here: a larger max batch, so other profiles) is another folder, never a reuse.
+    bigger = ensure_engines(make_export(tmp_path / "export8", max_batch=8), root, whole, "10.5.0", build=_plan)
+    assert bigger.folder.name.endswith(f"_r{recipe_digest(max_batch=8)[:8]}") and not bigger.reused
+    recipe = first.manifest["recipe"]
+    assert recipe["strongly_typed"] is True and recipe["tf32"] is False and recipe["compositor"]
+    assert recipe["profiles"]["matting"]["image"] == [[1, 3, 64, 64], [4, 3, 64, 64], [4, 3, 64, 64]]
+    assert first.manifest["recipe_sha256"] == recipe_digest()
+
+
+@pytest.mark.parametrize(("number", "text"), [(100500, "10.5.0"), (110003, "11.0.3"), (8601, "8.6.1"), (100912, "10.9.12")])
+def test_the_loaded_libraries_version_number_reads_as_tensorrt_spells_it(number, text):
+    from compositor.export.tensorrt import inferlib_version_text
+
+    assert inferlib_version_text(number) == text
+
+
+def test_without_libnvinfer_the_bindings_version_is_the_key_with_a_warning(caplog):
+    """Here no libnvinfer can be loaded: the stand-in bindings' version is used, and the log says why."""
+    from types import SimpleNamespace
+
+    from compositor.export.tensorrt import loaded_library_version
+
+    assert loaded_library_version(SimpleNamespace(__version__="10.5.0")) == "10.5.0"
+    assert "cannot ask libnvinfer.so.10 for its version" in caplog.text

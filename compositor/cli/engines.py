@@ -3,8 +3,10 @@
 Engines are specific to the GPU model and the TensorRT version, so they are built where they
 run: from the FP16 ONNX files of a 'compositor export' folder (--onnx), with the same strongly
 typed recipe and profiles as 'compositor export --engines', into a folder of the cache (--cache)
-named after the GPU, its compute capability and the TensorRT version, e.g.
-<cache>/NVIDIA-H100-80GB-HBM3_sm90_trt10.5.0/. A complete folder built from the same ONNX files
+named after the GPU, its compute capability, its multiprocessors and memory (which tell a MIG
+slice from the whole GPU), the version of the libnvinfer loaded (not the Python bindings'), and a
+hash of the build recipe (builder settings, profiles, package version), e.g.
+<cache>/NVIDIA-H100-80GB-HBM3_sm90_132SM-80GB_trt10.5.0_r1a2b3c4d/. A complete folder built from the same ONNX files
 is reused at once; otherwise the engines are built into a temporary folder that is renamed into
 place when complete (engines.json, the manifest, is written last), so a killed build never leaves
 a half cache. The folder gets a copy of export_report.json and is an export folder for the
@@ -49,7 +51,7 @@ def run(args) -> int:
     # Light imports only (json, ctypes): the GPU image runs this without torch.
     from compositor.export import engine_cache
     from compositor.export.layout import ExportReportError
-    from compositor.export.tensorrt import EngineBuildError, TensorRTUnavailableError, import_tensorrt
+    from compositor.export.tensorrt import EngineBuildError, TensorRTUnavailableError, import_tensorrt, loaded_library_version
 
     cache_root = args.cache or engine_cache.default_cache_root()
     try:
@@ -64,12 +66,13 @@ def run(args) -> int:
         print(f"no TensorRT engine was built: {error}", file=sys.stderr)
         return CANNOT_BUILD_HERE
     try:
-        result = engine_cache.ensure_engines(args.onnx, cache_root, gpu, str(trt.__version__), fingerprint=fingerprint)
+        version = loaded_library_version(trt)
+        result = engine_cache.ensure_engines(args.onnx, cache_root, gpu, version, fingerprint=fingerprint)
     except (engine_cache.EngineCacheError, EngineBuildError) as error:
         raise CommandError(f"engine build failed: {error}") from error
     verb = "reused" if result.reused else "built"
-    print(f"engines {verb} for {gpu.name} (sm {gpu.compute_capability[0]}.{gpu.compute_capability[1]}), "
-          f"TensorRT {trt.__version__}:")
+    print(f"engines {verb} for {gpu.name} (sm {gpu.compute_capability[0]}.{gpu.compute_capability[1]}, "
+          f"{gpu.slice_label() or 'size unknown'}), TensorRT {version}:")
     print(result.folder)
     if args.path_file is not None:
         from compositor.atomic_files import write_text

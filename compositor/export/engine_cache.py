@@ -4,8 +4,10 @@ A TensorRT plan only loads on the TensorRT version that built it and is tuned fo
 so the GPU image (``deploy/docker/Dockerfile.gpu``) builds its engines when it starts, on the GPU
 it got, from the FP16 ONNX files of an export folder baked into the image. Built engines go into
 a cache (a volume) under a folder named by ``engine_cache_key``, e.g.
-``NVIDIA-H100-80GB-HBM3_sm90_trt10.5.0``; a pod that starts on the same GPU model with the same
-TensorRT finds the folder and starts in seconds instead of minutes.
+``NVIDIA-H100-80GB-HBM3_sm90_132SM-80GB_trt10.5.0_r1a2b3c4d`` (GPU, compute capability, the
+multiprocessors and memory that tell a MIG slice from its GPU, the loaded libnvinfer's version, the
+build recipe's hash); a pod that starts on the same GPU slice with the same TensorRT and recipe
+finds the folder and starts in seconds instead of minutes.
 
 How a killed build never leaves a half cache:
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -87,10 +90,21 @@ class GpuUnavailableError(CompositorError, RuntimeError):
 
 @dataclass(frozen=True)
 class GpuFacts:
-    """What an engine depends on besides TensorRT: the GPU's model name and compute capability."""
+    """What an engine depends on besides TensorRT: the GPU's model name and compute capability, and
+    how much of it this process has: a MIG slice reports its parent GPU's name and compute
+    capability, but has fewer multiprocessors and less memory, and TensorRT picks kernels for those."""
 
     name: str
     compute_capability: tuple[int, int]
+    multiprocessors: int | None = None
+    memory_bytes: int | None = None
+
+    def slice_label(self) -> str | None:
+        """``<SMs>SM-<GiB>GB`` (``132SM-80GB`` for a whole H100, ``16SM-10GB`` for its 1g.10gb MIG slice),
+        or None when not known."""
+        if not self.multiprocessors or not self.memory_bytes:
+            return None
+        return f"{self.multiprocessors}SM-{round(self.memory_bytes / 2**30)}GB"
 
 
 @dataclass(frozen=True)
@@ -113,8 +127,30 @@ def default_cache_root() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
 
 
-def engine_cache_key(gpu_name: str, compute_capability: tuple[int, int], tensorrt_version: str) -> str:
+def build_recipe(resolution, max_batch: int) -> dict:
+    """How the engines are built, beyond their ONNX files and the GPU: what a cached engine must
+    have been built with to be reused (``recipe_hash`` goes into the cache key and the manifest)."""
+    from compositor import __version__
+    from compositor.export.tensorrt import BUILDER_SETTINGS
+
+    profiles = {
+        name: {tensor: [list(p.min), list(p.opt), list(p.max)] for tensor, p in spec.tensorrt_profiles(model, resolution, max_batch).items()}
+        for name, model in spec.NETWORKS.items()
+    }
+    return {"compositor": __version__, **BUILDER_SETTINGS, "profiles": profiles}
+
+
+def recipe_hash(recipe: dict) -> str:
+    """SHA-256 of the recipe as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def engine_cache_key(gpu_name: str, compute_capability: tuple[int, int], tensorrt_version: str,
+                     slice_label: str | None = None, recipe: str | None = None) -> str:
     """The cache folder name for engines built by ``tensorrt_version`` on a ``gpu_name`` GPU.
+
+    ``slice_label`` (``GpuFacts.slice_label``: multiprocessors and memory, which tell a MIG slice
+    from its whole GPU) and the first 8 hex digits of ``recipe`` (``recipe_hash``) are added when given.
 
     Only ``A-Z a-z 0-9 . -`` appear in each part (runs of anything else become one ``-``) and the
     parts are joined by ``_``, so the name is a safe path component on any file system.
@@ -138,7 +174,13 @@ def engine_cache_key(gpu_name: str, compute_capability: tuple[int, int], tensorr
         raise ValueError(f"compute capability must be (major, minor) integers, got {compute_capability!r}") from None
     if major < 1 or not 0 <= minor <= 9:
         raise ValueError(f"compute capability must be (major >= 1, minor 0-9), got {compute_capability!r}")
-    return f"{name}_sm{major}{minor}_trt{version}"
+    key = f"{name}_sm{major}{minor}"
+    if slice_label:
+        key += f"_{_safe(slice_label)}"
+    key += f"_trt{version}"
+    if recipe:
+        key += f"_r{_safe(recipe)[:8]}"
+    return key
 
 
 def _safe(text: str) -> str:
@@ -165,11 +207,11 @@ def source_fingerprint(export_dir: str | Path) -> dict:
     return {"report_sha256": file_sha256(export_dir / REPORT_FILE), "onnx_sha256": onnx}
 
 
-def complete_manifest(folder: str | Path, fingerprint: dict) -> dict | None:
+def complete_manifest(folder: str | Path, fingerprint: dict, recipe_sha256: str | None = None) -> dict | None:
     """The manifest of ``folder`` if it holds a complete set built from ``fingerprint``, else None.
 
-    Complete: ``engines.json`` parses, records the same sources, and every plan it lists is there
-    with the recorded size, as is the copied export report.
+    Complete: ``engines.json`` parses, records the same sources (and, when given, the same recipe
+    hash), and every plan it lists is there with the recorded size, as is the copied export report.
     """
     folder = Path(folder)
     try:
@@ -177,6 +219,8 @@ def complete_manifest(folder: str | Path, fingerprint: dict) -> dict | None:
     except (OSError, ValueError):
         return None
     if not isinstance(manifest, dict) or manifest.get("source") != fingerprint:
+        return None
+    if recipe_sha256 is not None and manifest.get("recipe_sha256") != recipe_sha256:
         return None
     networks = manifest.get("networks")
     if not isinstance(networks, dict) or set(networks) != set(spec.NETWORKS):
@@ -222,10 +266,16 @@ def ensure_engines(
         TensorRTUnavailableError, EngineBuildError: from the builder; nothing is left in the cache.
     """
     export_dir, cache_root = Path(export_dir), Path(cache_root)
-    key = engine_cache_key(gpu.name, gpu.compute_capability, tensorrt_version)
+    try:
+        resolution, max_batch = report_shape(export_dir)
+    except ExportReportError as error:
+        raise EngineCacheError(str(error)) from None
+    recipe = build_recipe(resolution, max_batch)
+    digest = recipe_hash(recipe)
+    key = engine_cache_key(gpu.name, gpu.compute_capability, tensorrt_version, gpu.slice_label(), digest)
     fingerprint = fingerprint or source_fingerprint(export_dir)
     folder = cache_root / key
-    manifest = complete_manifest(folder, fingerprint)
+    manifest = complete_manifest(folder, fingerprint, digest)
     if manifest is not None:
         log.info("engine cache: reusing %s", folder)
         return CachedEngines(folder, True, manifest)
@@ -235,7 +285,7 @@ def ensure_engines(
         raise EngineCacheError(f"cannot create the engine cache {cache_root}: {error}") from error
     with _lock(cache_root / f".{key}.lock"):
         # Another process may have finished the same build while this one waited for the lock.
-        manifest = complete_manifest(folder, fingerprint)
+        manifest = complete_manifest(folder, fingerprint, digest)
         if manifest is not None:
             log.info("engine cache: reusing %s (built by another process meanwhile)", folder)
             return CachedEngines(folder, True, manifest)
@@ -263,7 +313,10 @@ def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_versio
         manifest = {
             "key": key,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability)},
+            "gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability),
+                    "multiprocessors": gpu.multiprocessors, "memory_bytes": gpu.memory_bytes},
+            "recipe": build_recipe(resolution, max_batch),
+            "recipe_sha256": recipe_hash(build_recipe(resolution, max_batch)),
             "tensorrt_version": tensorrt_version,
             **resolution_report(resolution),
             "max_batch": max_batch,
@@ -316,6 +369,7 @@ def _lock(path: Path) -> Iterator[None]:
 
 # --- The GPU, from the CUDA driver ----------------------------------------------------------------
 
+_CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 
@@ -352,5 +406,9 @@ def query_gpu(ordinal: int = 0) -> GpuFacts:
           "cuDeviceGetAttribute(COMPUTE_CAPABILITY_MAJOR)")  # fmt: skip
     check(cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device),
           "cuDeviceGetAttribute(COMPUTE_CAPABILITY_MINOR)")  # fmt: skip
-    return GpuFacts(name.value.decode(errors="replace"), (major.value, minor.value))
+    multiprocessors, memory = ctypes.c_int(), ctypes.c_size_t()
+    check(cuda.cuDeviceGetAttribute(ctypes.byref(multiprocessors), _CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device),
+          "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)")  # fmt: skip
+    check(cuda.cuDeviceTotalMem_v2(ctypes.byref(memory), device), "cuDeviceTotalMem_v2")
+    return GpuFacts(name.value.decode(errors="replace"), (major.value, minor.value), multiprocessors.value, memory.value)
 

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 MIN_TENSORRT_MAJOR = 10
 """Strongly typed networks (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``) need TensorRT >= 10."""
 
+BUILDER_SETTINGS = {"strongly_typed": True, "tf32": False, "workspace_bytes": None, "timing_cache": True}
+"""How ``build_engine`` builds (``workspace_bytes`` None: TensorRT's default), as the engine cache's
+recipe records it: a cached engine built otherwise is not reused."""
+
 CONTAINER_HINT = (
     "run them from the export directory inside NVIDIA's Triton container of the release that will serve "
     "the engines (nvcr.io/nvidia/tritonserver:<yy.mm>-py3) or the TensorRT container of the same release "
@@ -76,6 +80,38 @@ def import_tensorrt():
             f"TensorRT {trt.__version__} is too old: strongly typed networks need TensorRT >= {MIN_TENSORRT_MAJOR}"
         )
     return trt
+
+
+def inferlib_version_text(number: int) -> str:
+    """``getInferLibVersion()``'s number as ``major.minor.patch``: ``major*10000 + minor*100 + patch``
+    from TensorRT 10 on (``NV_TENSORRT_VERSION_INT``), ``major*1000 + minor*100 + patch`` before."""
+    if number >= 100000:
+        return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+    return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
+
+
+def loaded_library_version(trt) -> str:
+    """The version of the ``libnvinfer`` this process runs (the one an engine is built by).
+
+    The Python bindings' ``__version__`` names the wheel, not necessarily the library it loaded:
+    in the GPU image the bindings load the base image's ``libnvinfer.so.10``, the library Triton
+    deserialises the plans with. ``getInferLibVersion`` is that library's own answer; the bindings'
+    version is used only when the library cannot be asked.
+    """
+    import ctypes
+
+    major = str(trt.__version__).split(".")[0]
+    try:
+        library = ctypes.CDLL(f"libnvinfer.so.{major}")  # already loaded by the bindings: the same handle
+        function = library.getInferLibVersion
+    except (OSError, AttributeError) as error:
+        log.warning("cannot ask libnvinfer.so.%s for its version (%s); using the bindings' %s", major, error, trt.__version__)
+        return str(trt.__version__)
+    function.restype = ctypes.c_int32
+    version = inferlib_version_text(function())
+    if not str(trt.__version__).startswith(version):
+        log.warning("the TensorRT bindings are %s but the loaded libnvinfer is %s: keyed on the library", trt.__version__, version)
+    return version
 
 
 def is_available() -> bool:
