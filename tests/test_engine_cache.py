@@ -16,13 +16,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from compositor.contract import spec
 from compositor.errors import CompositorError
 from compositor.export import engine_cache
 from compositor.export.engine_cache import GpuFacts, engine_cache_key, ensure_engines, source_fingerprint
-from compositor.export.layout import REPORT_FILE, fp16_file, plan_file
+from compositor.export.engine_check import EngineCheckError, write_check_case
+from compositor.export.layout import REPORT_FILE, check_file, fp16_file, plan_file
 from compositor.export.tensorrt import EngineBuildError, is_available as tensorrt_is_available
 
 H100 = GpuFacts("NVIDIA H100 80GB HBM3", (9, 0))
@@ -96,7 +98,27 @@ def make_export(directory: Path, resolution=(64, 64), max_batch=4) -> Path:
         },
     }
     (directory / REPORT_FILE).write_text(json.dumps(report))
+    for name in spec.NETWORKS:
+        inputs = {t.name: np.full((1, t.shape[0], 8, 8), 0.25, np.float32) for t in spec.NETWORKS[name].inputs}
+        write_check_case(directory / check_file(name), inputs, standin_outputs(name))
     return directory
+
+
+def standin_outputs(name: str) -> dict[str, np.ndarray]:
+    """What make_export's check cases record as the FP32 outputs, and what a good stand-in engine returns."""
+    return {t.name: np.full((1, t.shape[0], 8, 8), 0.5, np.float32) for t in spec.NETWORKS[name].outputs}
+
+
+def good_engine(plan_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A stand-in for running a plan on the GPU: the stored FP32 outputs, as an engine within tolerance gives."""
+    assert set(inputs) == set(spec.NETWORKS[plan_path.stem].input_names())
+    return standin_outputs(plan_path.stem)
+
+
+def ensure(*args, **kwargs):
+    """``ensure_engines`` with the stand-in engine run (the stand-in builders' plans cannot run)."""
+    kwargs.setdefault("run_engine", good_engine)
+    return ensure_engines(*args, **kwargs)
 
 
 class StandInBuilder:
@@ -124,7 +146,7 @@ def test_a_build_publishes_every_plan_the_report_and_the_manifest_in_one_folder(
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
     builder = StandInBuilder(root)
 
-    result = ensure_engines(export, root, H100, "10.5.0", build=builder)
+    result = ensure(export, root, H100, "10.5.0", build=builder)
 
     assert (result.folder, result.reused) == (root / KEY, False)
     assert builder.calls == list(spec.NETWORKS)
@@ -145,10 +167,10 @@ def test_a_build_publishes_every_plan_the_report_and_the_manifest_in_one_folder(
 
 def test_a_complete_folder_built_from_the_same_onnx_files_is_reused_without_building(tmp_path):
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
-    first = ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root))
+    first = ensure(export, root, H100, "10.5.0", build=StandInBuilder(root))
     builder = StandInBuilder(root)
 
-    again = ensure_engines(export, root, H100, "10.5.0", build=builder)
+    again = ensure(export, root, H100, "10.5.0", build=builder)
 
     assert (again.folder, again.reused, builder.calls) == (first.folder, True, [])
     assert again.manifest == first.manifest
@@ -156,9 +178,9 @@ def test_a_complete_folder_built_from_the_same_onnx_files_is_reused_without_buil
 
 def test_another_gpu_model_or_tensorrt_version_gets_its_own_folder(tmp_path):
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
-    ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root))
-    l4 = ensure_engines(export, root, GpuFacts("NVIDIA L4", (8, 9)), "10.5.0", build=lambda *a: _plan(*a))
-    newer = ensure_engines(export, root, H100, "10.6.0", build=lambda *a: _plan(*a))
+    ensure(export, root, H100, "10.5.0", build=StandInBuilder(root))
+    l4 = ensure(export, root, GpuFacts("NVIDIA L4", (8, 9)), "10.5.0", build=lambda *a: _plan(*a))
+    newer = ensure(export, root, H100, "10.6.0", build=lambda *a: _plan(*a))
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == sorted(
         [KEY, f"NVIDIA-L4_sm89_trt10.5.0_r{recipe_digest()[:8]}", f"NVIDIA-H100-80GB-HBM3_sm90_trt10.6.0_r{recipe_digest()[:8]}"]
     )
@@ -172,10 +194,10 @@ def _plan(onnx_path, plan_path, name, profiles, timing_cache_path):
 
 def test_new_onnx_files_in_the_image_rebuild_the_engines_kept_on_the_volume(tmp_path):
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
-    ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root))
+    ensure(export, root, H100, "10.5.0", build=StandInBuilder(root))
     (export / fp16_file("blending")).write_bytes(b"retrained blending")
 
-    rebuilt = ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root))
+    rebuilt = ensure(export, root, H100, "10.5.0", build=StandInBuilder(root))
 
     assert not rebuilt.reused
     assert (rebuilt.folder / plan_file("blending")).read_bytes().startswith(b"retrained blending")
@@ -186,7 +208,7 @@ def test_new_onnx_files_in_the_image_rebuild_the_engines_kept_on_the_volume(tmp_
 @pytest.mark.parametrize("damage", ["no manifest", "truncated plan", "missing report", "unreadable manifest"])
 def test_an_incomplete_folder_is_rebuilt_not_served(tmp_path, damage):
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
-    folder = ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root)).folder
+    folder = ensure(export, root, H100, "10.5.0", build=StandInBuilder(root)).folder
     if damage == "no manifest":
         (folder / engine_cache.MANIFEST_FILE).unlink()
     elif damage == "truncated plan":
@@ -198,7 +220,7 @@ def test_an_incomplete_folder_is_rebuilt_not_served(tmp_path, damage):
         (folder / engine_cache.MANIFEST_FILE).write_text("{not json")
     builder = StandInBuilder(root)
 
-    result = ensure_engines(export, root, H100, "10.5.0", build=builder)
+    result = ensure(export, root, H100, "10.5.0", build=builder)
 
     assert not result.reused and builder.calls == list(spec.NETWORKS)
     assert engine_cache.complete_manifest(folder, source_fingerprint(export)) == result.manifest
@@ -207,7 +229,7 @@ def test_an_incomplete_folder_is_rebuilt_not_served(tmp_path, damage):
 def test_a_failed_build_leaves_neither_a_folder_nor_temporary_files(tmp_path):
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
     with pytest.raises(EngineBuildError, match="blending: stand-in failure"):
-        ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root, fail_on="blending"))
+        ensure(export, root, H100, "10.5.0", build=StandInBuilder(root, fail_on="blending"))
     assert sorted(p.name for p in root.iterdir()) == [f".{KEY}.lock"]
 
 
@@ -219,7 +241,7 @@ def test_the_folders_left_by_a_killed_build_are_removed_by_the_next_one(tmp_path
     other_key = root / ".building-NVIDIA-L4_sm89_trt10.5.0-abcd"
     other_key.mkdir()
 
-    ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root))
+    ensure(export, root, H100, "10.5.0", build=StandInBuilder(root))
 
     assert not killed.exists()
     assert other_key.exists(), "another key's build may still be running: not ours to remove"
@@ -229,7 +251,7 @@ def test_two_replicas_starting_together_on_one_volume_build_the_engines_once(tmp
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
     builder = StandInBuilder(root, delay_s=0.1)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(ensure_engines(export, root, H100, "10.5.0", build=builder)))
+    threads = [threading.Thread(target=lambda: results.append(ensure(export, root, H100, "10.5.0", build=builder)))
                for _ in range(2)]
     for thread in threads:
         thread.start()
@@ -244,7 +266,7 @@ def test_a_cache_folder_is_an_export_folder_for_the_tensorrt_repository(tmp_path
     from compositor.serving.repository import export_settings, generate_repository
 
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
-    folder = ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root)).folder
+    folder = ensure(export, root, H100, "10.5.0", build=StandInBuilder(root)).folder
 
     settings = export_settings(folder, "tensorrt")
     options = RepositoryOptions(flavor="tensorrt", resolution=settings.resolution, max_batch=settings.max_batch)
@@ -264,7 +286,7 @@ def test_an_unusable_export_folder_is_named_before_anything_is_built(tmp_path, b
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
     (export / (REPORT_FILE if breakage == "no report" else fp16_file("blending"))).unlink()
     with pytest.raises(CompositorError, match=message):
-        ensure_engines(export, root, H100, "10.5.0", build=StandInBuilder(root))
+        ensure(export, root, H100, "10.5.0", build=StandInBuilder(root))
     assert not root.exists()
 
 
@@ -324,11 +346,11 @@ def test_the_key_tells_a_mig_slice_from_its_whole_gpu_and_one_recipe_from_anothe
     assert engine_cache_key(mig.name, mig.compute_capability, "10.5.0", mig.slice_label(), "ab" * 32) == \
         "NVIDIA-H100-80GB-HBM3_sm90_16SM-10GB_trt10.5.0_rabababab"
     export, root = make_export(tmp_path / "export"), tmp_path / "cache"
-    first = ensure_engines(export, root, whole, "10.5.0", build=_plan)
-    on_mig = ensure_engines(export, root, mig, "10.5.0", build=_plan)
+    first = ensure(export, root, whole, "10.5.0", build=_plan)
+    on_mig = ensure(export, root, mig, "10.5.0", build=_plan)
     assert first.folder != on_mig.folder and not on_mig.reused
     # Another recipe (here: a larger max batch, so other profiles) is another folder, never a reuse.
-    bigger = ensure_engines(make_export(tmp_path / "export8", max_batch=8), root, whole, "10.5.0", build=_plan)
+    bigger = ensure(make_export(tmp_path / "export8", max_batch=8), root, whole, "10.5.0", build=_plan)
     assert bigger.folder.name.endswith(f"_r{recipe_digest(max_batch=8)[:8]}") and not bigger.reused
     recipe = first.manifest["recipe"]
     assert recipe["strongly_typed"] is True and recipe["tf32"] is False and recipe["compositor"]
@@ -351,3 +373,26 @@ def test_without_libnvinfer_the_bindings_version_is_the_key_with_a_warning(caplo
 
     assert loaded_library_version(SimpleNamespace(__version__="10.5.0")) == "10.5.0"
     assert "cannot ask libnvinfer.so.10 for its version" in caplog.text
+
+
+def test_an_engine_that_misses_the_fp16_tolerances_on_the_stored_case_is_never_published(tmp_path):
+    export, root = make_export(tmp_path / "export"), tmp_path / "cache"
+
+    def drifting_engine(plan_path, inputs):
+        outputs = standin_outputs(plan_path.stem)
+        if plan_path.stem == "harmonization":
+            outputs["harmonized"] = outputs["harmonized"] + 0.05  # 26 dB: below the 40 dB tolerance
+        return outputs
+
+    with pytest.raises(EngineCheckError, match=r"harmonization: .*harmonized: psnr_db 26\.0 dB < tolerance 40 dB"):
+        ensure_engines(export, root, H100, "10.5.0", build=_plan, run_engine=drifting_engine)
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []  # nothing published, no leftovers
+    built = ensure_engines(export, root, H100, "10.5.0", build=_plan, run_engine=good_engine)
+    assert not built.reused and built.manifest["networks"]["matting"]["check"]["alpha"]["max_abs_error"] == 0.0
+
+
+def test_an_export_without_check_cases_is_refused_naming_what_to_do(tmp_path):
+    export, root = make_export(tmp_path / "export"), tmp_path / "cache"
+    (export / check_file("blending")).unlink()
+    with pytest.raises(EngineCheckError, match=r"blending.check.npz: no readable stored check case .*export again"):
+        ensure_engines(export, root, H100, "10.5.0", build=_plan, run_engine=good_engine)

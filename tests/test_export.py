@@ -63,9 +63,29 @@ def test_export_writes_fp32_and_fp16_onnx_and_the_report_and_nothing_else(export
     names = sorted(p.name for p in out.iterdir())
 
     assert names == sorted(
-        [f"{n}.onnx" for n in spec.NETWORKS] + [f"{n}.fp16.onnx" for n in spec.NETWORKS] + ["export_report.json"]
+        [f"{n}.onnx" for n in spec.NETWORKS] + [f"{n}.fp16.onnx" for n in spec.NETWORKS] + [f"{n}.check.npz" for n in spec.NETWORKS]
+        + ["export_report.json"]
     )
     assert json.loads((out / "export_report.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_each_network_ships_a_check_case_its_fp32_onnx_reproduces(exported):
+    """The stored case an engine is checked on: photo inputs at the square bucket, at most max_batch
+    of them, and the FP32 ONNX's outputs on them (recomputed here with ONNX Runtime directly)."""
+    import onnxruntime
+
+    out, report = exported
+    for name, model_spec in spec.NETWORKS.items():
+        assert report["networks"][name]["files"]["check"] == f"{name}.check.npz"
+        with np.load(out / f"{name}.check.npz", allow_pickle=False) as stored:
+            inputs = {k.split("/", 1)[1]: stored[k] for k in stored.files if k.startswith("input/")}
+            outputs = {k.split("/", 1)[1]: stored[k] for k in stored.files if k.startswith("output/")}
+        assert sorted(inputs) == sorted(model_spec.input_names()) and sorted(outputs) == sorted(model_spec.output_names())
+        assert all(1 <= v.shape[0] <= MAX_BATCH and tuple(v.shape[2:]) == tuple(RESOLUTION.reference) for v in inputs.values())
+        session = onnxruntime.InferenceSession(str(out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        fresh = dict(zip(model_spec.output_names(), session.run(model_spec.output_names(), inputs)))
+        for output, value in outputs.items():
+            np.testing.assert_allclose(value, fresh[output], atol=1e-6)
 
 
 def test_fp32_graphs_carry_the_spec_names_opset_17_and_a_dynamic_batch_height_and_width(exported):

@@ -14,8 +14,11 @@ tensorrt flavour. The folder's path is the last line printed (and written to --p
 
 What the GPU image runs when it starts (deploy/docker/); it needs TensorRT >= 10 and a GPU.
 
+Each new engine is run on the export's stored check case (<name>.check.npz: photo inputs and the
+FP32 ONNX outputs on them) and held to the FP16 tolerances before the folder is published.
+
 Exit status: 0 engines ready (built or reused); 2 bad input (not an export folder, missing FP16
-ONNX) or a failed build (nothing is left in the cache); 3 TensorRT or a GPU is missing here
+ONNX or check case) or a failed build or check (nothing is left in the cache); 3 TensorRT or a GPU is missing here
 (nothing built; the reason is printed).
 
 Example:
@@ -50,6 +53,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     # Light imports only (json, ctypes): the GPU image runs this without torch.
     from compositor.export import engine_cache
+    from compositor.export.engine_check import EngineCheckError
     from compositor.export.layout import ExportReportError
     from compositor.export.tensorrt import EngineBuildError, TensorRTUnavailableError, import_tensorrt, loaded_library_version
 
@@ -68,7 +72,7 @@ def run(args) -> int:
     try:
         version = loaded_library_version(trt)
         result = engine_cache.ensure_engines(args.onnx, cache_root, gpu, version, fingerprint=fingerprint)
-    except (engine_cache.EngineCacheError, EngineBuildError) as error:
+    except (engine_cache.EngineCacheError, EngineBuildError, EngineCheckError) as error:
         raise CommandError(f"engine build failed: {error}") from error
     verb = "reused" if result.reused else "built"
     print(f"engines {verb} for {gpu.name} (sm {gpu.compute_capability[0]}.{gpu.compute_capability[1]}, "

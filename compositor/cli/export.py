@@ -2,7 +2,8 @@
 
 Writes to --out: matting.onnx, blending.onnx, harmonization.onnx (FP32, opset 17, dynamic batch,
 height and width: one graph for every aspect bucket of --resolution), their FP16 mixed-precision
-variants <name>.fp16.onnx (FP16 compute, FP32 I/O, normalisation statistics in FP32), with
+variants <name>.fp16.onnx (FP16 compute, FP32 I/O, normalisation statistics in FP32), <name>.check.npz
+(photo inputs and the FP32 outputs on them: 'compositor engines' checks each engine on them), with
 --engines <name>.plan (strongly typed TensorRT engines, batch 1..--max-batch, every bucket) and
 timing.cache, and export_report.json (the buckets, parity errors against eager PyTorch at the
 square and the widest bucket, FP16 errors and PSNR, TensorRT readiness, trtexec/polygraphy

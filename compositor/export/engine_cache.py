@@ -55,10 +55,12 @@ from pathlib import Path
 from compositor.contract import spec
 from compositor.errors import CompositorError
 from compositor.atomic_files import file_sha256
+from compositor.export.engine_check import EngineRun, check_engine, tensorrt_run
 from compositor.export.layout import (
     REPORT_FILE,
     TIMING_CACHE_FILE,
     ExportReportError,
+    check_file,
     fp16_file,
     plan_file,
     read_report,
@@ -246,6 +248,7 @@ def ensure_engines(
     tensorrt_version: str,
     build: BuildFunction | None = None,
     fingerprint: dict | None = None,
+    run_engine: EngineRun | None = None,
 ) -> CachedEngines:
     """Reuse the complete cache folder for this GPU and TensorRT, or build it atomically.
 
@@ -257,6 +260,8 @@ def ensure_engines(
         build: the engine builder (default ``compositor.export.tensorrt.build_engine``).
         fingerprint: ``source_fingerprint(export_dir)`` if the caller has it already (hashing the
             ONNX files again would cost a read of every file at each start).
+        run_engine: runs a built plan on the export's stored check case before anything is
+            published (``engine_check``; default ``engine_check.tensorrt_run``).
 
     Returns:
         the complete folder, and whether it was reused.
@@ -264,6 +269,8 @@ def ensure_engines(
     Raises:
         ExportReportError, EngineCacheError: the export folder is not usable.
         TensorRTUnavailableError, EngineBuildError: from the builder; nothing is left in the cache.
+        EngineCheckError: a built engine misses the FP16 tolerances on the stored case (or the
+            export has none); nothing is published.
     """
     export_dir, cache_root = Path(export_dir), Path(cache_root)
     try:
@@ -292,11 +299,12 @@ def ensure_engines(
         _remove_leftovers(cache_root, key)
         if build is None:
             from compositor.export.tensorrt import build_engine as build
-        manifest = _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint, build)
+        manifest = _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint, build,
+                                      run_engine or tensorrt_run)
     return CachedEngines(folder, False, manifest)
 
 
-def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint, build) -> dict:
+def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint, build, run_engine) -> dict:
     try:
         resolution, max_batch = report_shape(export_dir)
     except ExportReportError as error:
@@ -308,7 +316,10 @@ def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_versio
             profiles = spec.tensorrt_profiles(spec.NETWORKS[name], resolution, max_batch)
             log.info("engine cache: building %s for %s (%s)", name, gpu.name, key)
             info = build(export_dir / fp16_file(name), staging / plan_file(name), name, profiles, staging / TIMING_CACHE_FILE)
-            networks[name] = {**info, "size_bytes": (staging / plan_file(name)).stat().st_size}
+            # Checked before it can be published: a miss ends the build with nothing in the cache.
+            checked = check_engine(name, staging / plan_file(name), export_dir / check_file(name), run_engine)
+            log.info("engine cache: %s passes the FP16 tolerances on the stored case", name)
+            networks[name] = {**info, "size_bytes": (staging / plan_file(name)).stat().st_size, "check": checked}
         shutil.copyfile(export_dir / REPORT_FILE, staging / REPORT_FILE)
         manifest = {
             "key": key,

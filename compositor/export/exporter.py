@@ -41,7 +41,8 @@ from torch import nn
 
 from compositor.contract import spec
 from compositor.export import fp16, headroom, parity, readiness, tensorrt
-from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, fp16_file, fp32_file, plan_file, resolution_report
+from compositor.export.engine_check import write_check_case
+from compositor.export.layout import REPORT_FILE, TIMING_CACHE_FILE, check_file, fp16_file, fp32_file, plan_file, resolution_report
 from compositor.export.onnx_export import export_fp32
 from compositor.atomic_files import atomic_path, write_json
 from compositor.networks.contract import contract_models
@@ -132,6 +133,12 @@ def export_network(
         entry["fp16"], entry["tensorrt_readiness"]["fp16"] = export_fp16_with_ladder(
             name, model, fp32_model, fp32_path, fp16_path, feeds
         )
+
+    # The case an engine built elsewhere (the GPU image, `compositor engines`) is checked on before
+    # it is served: the photo inputs at the square bucket, up to max_batch images, and the FP32 outputs.
+    inputs = {k: v[:max_batch] for k, v in feeds["photos"][name].items()}
+    write_check_case(out_dir / check_file(name), inputs, parity.run_onnx(parity.onnxruntime_session(fp32_path), inputs))
+    entry["files"]["check"] = check_file(name)
 
     with progress.step(f"{name}: TensorRT profile against the Triton config"):
         profiles = spec.tensorrt_profiles(spec.NETWORKS[name], resolution, max_batch)

@@ -31,6 +31,13 @@ def fp16_file(name: str) -> str:
     return f"{name}.fp16.onnx"
 
 
+def check_file(name: str) -> str:
+    """A stored check case of network ``name``: photo inputs and the FP32 ONNX outputs on them
+    (``compositor.export.engine_check``), shipped with the export so an engine built elsewhere is
+    checked before it is served."""
+    return f"{name}.check.npz"
+
+
 def plan_file(name: str) -> str:
     """``matting`` -> ``matting.plan``."""
     return f"{name}.plan"

@@ -44,6 +44,17 @@ class OutputComparison:
         return record
 
 
+FP16_TOLERANCES: dict[str, dict[str, float]] = {
+    "alpha": {"max_abs_error": 0.02},
+    "refined_alpha": {"max_abs_error": 0.02},
+    "blended": {"psnr_db": 40.0},
+    "harmonized": {"psnr_db": 40.0},
+}
+"""FP16 (the FP16 ONNX on ONNX Runtime CPU, or a TensorRT engine) against FP32 ONNX, on the photo
+cases (all cases must be finite). Here, in a module without PyTorch or ONNX Runtime, because the GPU
+image checks its engines against them too (``compositor.export.engine_check``)."""
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 

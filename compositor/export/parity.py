@@ -54,7 +54,7 @@ from torch import nn
 from compositor import imaging
 from compositor.contract import spec
 from compositor.errors import CompositorError
-from compositor.export.metrics import OutputComparison, compare, error_bounds, psnr_db, with_band_errors  # noqa: F401 - compare: re-exported
+from compositor.export.metrics import FP16_TOLERANCES, OutputComparison, compare, error_bounds, psnr_db, with_band_errors  # noqa: F401 - compare, FP16_TOLERANCES: re-exported
 from compositor.onnx_runtime import create_session
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,6 @@ log = logging.getLogger(__name__)
 FP32_MAX_ABS_ERROR = 1e-4
 """ONNX Runtime FP32 against eager PyTorch, every output, every case."""
 
-FP16_TOLERANCES: dict[str, dict[str, float]] = {
-    "alpha": {"max_abs_error": 0.02},
-    "refined_alpha": {"max_abs_error": 0.02},
-    "blended": {"psnr_db": 40.0},
-    "harmonized": {"psnr_db": 40.0},
-}
-"""FP16 ONNX against FP32 ONNX on ONNX Runtime CPU, on the photo cases (all cases must be finite)."""
 
 PHOTO_SOURCES = ("astronaut", "chelsea")
 PHOTO_BACKGROUNDS = ("coffee", "rocket")
