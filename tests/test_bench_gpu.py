@@ -200,3 +200,20 @@ def test_gpu_sh_names_the_missing_packages_before_running(tmp_path):
     assert result.returncode == 2
     assert "lacks torch (a CUDA build), numpy, safetensors" in result.stderr
     assert not (tmp_path / "out" / "gpu.json").exists()
+
+
+def test_the_gpu_check_records_the_environment_first_then_runs_the_benchmark(tmp_path):
+    """benchmarks/gpu-check.sh on this CPU machine: the environment record says what is missing
+    (driver, CUDA, TensorRT) with the reason, and the benchmark's dry run still writes its rows."""
+    run = subprocess.run(
+        [str(REPOSITORY / "benchmarks" / "gpu-check.sh"), *DRY_RUN, "--modes", "eager_fp32", "--workloads", "blending"],
+        capture_output=True, text=True, cwd=REPOSITORY, timeout=300,
+        env={**_environment(), "PYTHON": sys.executable, "OUT": str(tmp_path)},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    environment = json.loads((tmp_path / "gpu-environment.json").read_text())
+    assert environment["torch"]["ok"] and environment["torch"]["version"] == torch.__version__
+    assert not environment["engine_cache_gpu"]["ok"] and "libcuda.so.1" in environment["engine_cache_gpu"]["reason"]
+    assert not environment["tensorrt"]["ok"] and "TensorRT" in environment["tensorrt"]["reason"]
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert {(r["mode"], r["workload"]) for r in report["results"]} == {("eager_fp32", "blending")}
