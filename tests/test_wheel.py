@@ -21,11 +21,20 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SKIPPED_WITHOUT_GIT = {".git", ".venv", "artifacts", "build", "dist", "__pycache__", ".pytest_cache"}
+
+
 def source_copy(destination: Path) -> Path:
     """The checkout's files (committed, or new and not ignored) copied to ``destination``, so that the
-    build's own folders (build/, *.egg-info) never appear in the checkout."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    build's own folders (build/, *.egg-info) never appear in the checkout. A tree that is not a git
+    checkout is copied whole but for its environments and build outputs."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(ROOT, destination, symlinks=True, dirs_exist_ok=True,
+                        ignore=lambda folder, names: [n for n in names if n in SKIPPED_WITHOUT_GIT or n.endswith(".egg-info")])
+        return destination
     for name in filter(None, listed):
         source, target = ROOT / name, destination / name
         if not source.exists() and not source.is_symlink():  # deleted in the work tree
