@@ -11,7 +11,7 @@ server with the fewest requests in flight. A server that fails a request by bein
 answering UNAVAILABLE is marked down and skipped, and the request is sent again to another
 (``retries``, with backoff when there is no other); a down server is probed
 (``/v2/health/ready``; gRPC ``ServerReady``) every ``backoff_s``, then ``2 x backoff_s``, ... (at most
-every ``MAX_PROBE_INTERVAL_S``) and used again once it answers ready. Only when every server has been
+every ``health.MAX_PROBE_INTERVAL_S``) and used again once it answers ready. Only when every server has been
 down for longer than ``timeout_s`` does a request fail with ``ServerUnreachableError`` naming every
 URL. A request failed because one of a server's model processes died (Triton keeps answering ready
 then: ``BROKEN_SERVER_SIGNS``) is treated the same way. Resending a request that a failing server
@@ -58,7 +58,7 @@ from compositor.client.remote import (
     CompositorClient,
     check_retry_settings,
 )
-from compositor.client.health import MAX_PROBE_INTERVAL_S, ServerHealth, ServerState  # noqa: F401 - MAX_PROBE_INTERVAL_S: part of the pool's documented behaviour
+from compositor.client.health import ServerHealth, ServerState
 from compositor.client.urls import normalize_url
 from compositor.results import CompositeResult
 

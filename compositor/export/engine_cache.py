@@ -299,16 +299,14 @@ def ensure_engines(
         _remove_leftovers(cache_root, key)
         if build is None:
             from compositor.export.tensorrt import build_engine as build
-        manifest = _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint, build,
-                                      run_engine or tensorrt_run)
+        manifest = _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint,
+                                      (resolution, max_batch, recipe, digest), build, run_engine or tensorrt_run)
     return CachedEngines(folder, False, manifest)
 
 
-def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint, build, run_engine) -> dict:
-    try:
-        resolution, max_batch = report_shape(export_dir)
-    except ExportReportError as error:
-        raise EngineCacheError(str(error)) from None
+def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_version, fingerprint, shape_and_recipe,
+                       build, run_engine) -> dict:
+    resolution, max_batch, recipe, digest = shape_and_recipe  # read and hashed once, by ensure_engines
     staging = Path(tempfile.mkdtemp(prefix=f"{_BUILDING_PREFIX}{key}-", dir=cache_root))
     try:
         networks = {}
@@ -326,8 +324,8 @@ def _build_and_publish(export_dir, cache_root, folder, key, gpu, tensorrt_versio
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability),
                     "multiprocessors": gpu.multiprocessors, "memory_bytes": gpu.memory_bytes},
-            "recipe": build_recipe(resolution, max_batch),
-            "recipe_sha256": recipe_hash(build_recipe(resolution, max_batch)),
+            "recipe": recipe,
+            "recipe_sha256": digest,
             "tensorrt_version": tensorrt_version,
             **resolution_report(resolution),
             "max_batch": max_batch,

@@ -54,7 +54,7 @@ from torch import nn
 from compositor import imaging
 from compositor.contract import spec
 from compositor.errors import CompositorError
-from compositor.export.metrics import FP16_TOLERANCES, OutputComparison, compare, error_bounds, psnr_db, with_band_errors  # noqa: F401 - compare, FP16_TOLERANCES: re-exported
+from compositor.export.metrics import FP16_TOLERANCES, OutputComparison, compare, error_bounds, psnr_db, with_band_errors  # noqa: F401 - compare: re-exported
 from compositor.onnx_runtime import create_session
 
 log = logging.getLogger(__name__)

@@ -139,10 +139,6 @@ def _shape(shape: tuple[int, ...], separator: str) -> str:
     return separator.join(str(d) for d in shape)
 
 
-def _shapes(profiles: Mapping[str, spec.Profile], which: str) -> str:
-    return spec.profile_shapes(dict(profiles), which)
-
-
 def trtexec_command(
     onnx_file: str, plan_file: str, profiles: Mapping[str, spec.Profile], timing_cache_file: str = TIMING_CACHE_FILE
 ) -> str:
@@ -156,9 +152,9 @@ def trtexec_command(
         f"--saveEngine={plan_file}",
         "--stronglyTyped",
         "--noTF32",
-        f"--minShapes={_shapes(profiles, 'min')}",
-        f"--optShapes={_shapes(profiles, 'opt')}",
-        f"--maxShapes={_shapes(profiles, 'max')}",
+        f"--minShapes={spec.profile_shapes(dict(profiles), 'min')}",
+        f"--optShapes={spec.profile_shapes(dict(profiles), 'opt')}",
+        f"--maxShapes={spec.profile_shapes(dict(profiles), 'max')}",
         f"--timingCacheFile={timing_cache_file}",
     ]
     return shlex.join(arguments)

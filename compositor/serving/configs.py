@@ -232,14 +232,15 @@ def trt_accelerator_parameters(model: ModelSpec, options: RepositoryOptions) -> 
       FP16); the ``tensorrt`` flavour runs our FP16 engines instead.
     """
     profiles = tensorrt_profiles(model, options.resolution, options.max_batch)
+    cache = f"{options.trt_cache_dir.rstrip('/')}/{model.name}"
     return {
         "trt_profile_min_shapes": profile_shapes(profiles, "min"),
         "trt_profile_opt_shapes": profile_shapes(profiles, "opt"),
         "trt_profile_max_shapes": profile_shapes(profiles, "max"),
         "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": f"{options.trt_cache_dir.rstrip('/')}/{model.name}",
+        "trt_engine_cache_path": cache,
         "trt_timing_cache_enable": "1",
-        "trt_timing_cache_path": f"{options.trt_cache_dir.rstrip('/')}/{model.name}",
+        "trt_timing_cache_path": cache,
     }
 
 
