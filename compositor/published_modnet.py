@@ -126,14 +126,21 @@ def reference_size(height: int, width: int, short_side: int = REFERENCE_SHORT_SI
 
 
 def reference_matte(session, image: np.ndarray) -> np.ndarray:
-    """The published model's matte of one uint8 ``[H, W, 3]`` photo, run at its own proportions.
-
-    As MODNet's reference inference does it: area-resize to ``reference_size``, normalise to
-    [-1, 1], run, resize the matte back to the photo's size (bilinear). Returns float32 ``[H, W]``.
+    """The published model's matte of one uint8 ``[H, W, 3]`` photo, run at its own proportions
+    (``matte_at_reference_size``). Returns float32 ``[H, W]``.
 
     Args:
         session: an ONNX Runtime session of the published ``modnet.onnx`` (input ``input``).
     """
+    name = session.get_inputs()[0].name
+    return matte_at_reference_size(lambda network_input: session.run(None, {name: network_input})[0], image)
+
+
+def matte_at_reference_size(run, image: np.ndarray) -> np.ndarray:
+    """A MODNet's matte of one uint8 ``[H, W, 3]`` photo, as MODNet's reference inference does it:
+    area-resize to ``reference_size``, normalise to [-1, 1], ``run`` (float32 NCHW in, the matte
+    ``[1, 1, h, w]`` out, as numpy), resize the matte back to the photo's size (bilinear).
+    Returns float32 ``[H, W]``."""
     import torch
     import torch.nn.functional as F
 
@@ -141,7 +148,7 @@ def reference_matte(session, image: np.ndarray) -> np.ndarray:
     size = reference_size(height, width)
     photo = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))[None].astype(np.float32) / 255.0)
     network_input = (F.interpolate(photo, size=size, mode="area") - 0.5) / 0.5
-    matte = session.run(None, {session.get_inputs()[0].name: network_input.numpy()})[0]
+    matte = np.asarray(run(network_input.numpy()), dtype=np.float32)
     full = F.interpolate(torch.from_numpy(matte), size=(height, width), mode="bilinear", align_corners=False)
     return full[0, 0].numpy()
 

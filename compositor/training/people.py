@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from compositor.training.readers import DataError
 
@@ -34,14 +33,10 @@ def load_matting_network(path: Path | None = None) -> torch.nn.Module:
 @torch.no_grad()
 def modnet_matte(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     """MODNet's matte of one uint8 ``[H, W, 3]`` photo at its reference proportions, as uint8 ``[H, W]``."""
-    from compositor.published_modnet import reference_size
+    from compositor.published_modnet import matte_at_reference_size
 
-    height, width = image.shape[:2]
-    photo = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].float() / 255.0
-    network_input = (F.interpolate(photo, size=reference_size(height, width), mode="area") - 0.5) / 0.5
-    matte = network(network_input)[-1]
-    full = F.interpolate(matte, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-    return (full.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    full = matte_at_reference_size(lambda network_input: network(torch.from_numpy(network_input))[-1].numpy(), image)
+    return (np.clip(full, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def cut_out(photos: list[np.ndarray], network: torch.nn.Module | None = None, short_side: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
